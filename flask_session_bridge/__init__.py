@@ -1,0 +1,10 @@
+from .bridge import SessionBridge as SessionBridge
+from .exceptions import SessionBridgeError as SessionBridgeError
+from .exceptions import SessionLockTimeout as SessionLockTimeout
+from .exceptions import SessionMissing as SessionMissing
+from .exceptions import SessionValueError as SessionValueError
+from .exceptions import StoreUnavailable as StoreUnavailable
+from .session import BridgeSession as BridgeSession
+from .stores import MemoryStore as MemoryStore
+from .stores import Record as Record
+from .stores import Store as Store

@@ -1,0 +1,360 @@
+"""The extension: :class:`SessionBridge` and its public methods."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import typing as t
+from datetime import timedelta
+from weakref import WeakKeyDictionary
+
+from flask import current_app
+from flask import has_request_context
+from flask import session as flask_session
+
+from . import signals
+from . import sockets
+from .cli import cleanup_command
+from .exceptions import SessionLockTimeout
+from .exceptions import SessionMissing
+from .exceptions import StoreUnavailable
+from .interface import BridgeSessionInterface
+from .interface import issue_token
+from .session import BridgeSession
+from .session import deserialize
+from .session import serialize
+from .state import AppState
+from .state import Validator
+from .state import room_name
+from .stores import store_from_url
+from .stores.base import Record
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask_socketio import SocketIO
+
+    from .stores.base import Store
+
+logger = logging.getLogger("flask_session_bridge")
+
+_SOCKET_MISSING = ("allow", "reject")
+
+
+class SessionBridge:
+    """One server-side session for Flask views and Flask-SocketIO handlers.
+
+    Every option is also a config key ``SESSION_BRIDGE_<OPTION>``; a keyword
+    argument wins over config.
+
+    :param app: The app, or call :meth:`init_app` later.
+    :param socketio: The :class:`~flask_socketio.SocketIO` whose handlers get
+        the session; defaults to the app's ``extensions["socketio"]``.
+    :param store: A store object, or a URL (``memory://``, ``sqlite:///path``,
+        ``redis://host:port/db``). Default ``SESSION_BRIDGE_STORE``, then
+        ``memory://``.
+    :param socket_missing: ``"allow"`` (default) lets a socket without a
+        session in, with an empty session whose writes raise
+        :exc:`SessionMissing`; ``"reject"`` refuses it.
+    :param lock_timeout: Seconds to wait for a session's lock before
+        :exc:`SessionLockTimeout`. Default 10.
+    :param lock_expire: Seconds after which a held lock is free again, for
+        holders that crashed. Default 30.
+    :param client_lifetime: Lifetime of the client cookie, as seconds or a
+        :class:`~datetime.timedelta`. Default one year.
+    :param cleanup_interval: Seconds between runs of
+        :meth:`start_auto_cleanup`. Default 300.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        socketio: SocketIO | None = None,
+        *,
+        store: Store | str | None = None,
+        **options: t.Any,
+    ) -> None:
+        self._store = store
+        self._options = options
+        self._validators: list[Validator] = []
+        self._states: WeakKeyDictionary[Flask, AppState] = WeakKeyDictionary()
+        if app is not None:
+            self.init_app(app, socketio)
+
+    def init_app(
+        self,
+        app: Flask,
+        socketio: SocketIO | None = None,
+        *,
+        store: Store | str | None = None,
+        **options: t.Any,
+    ) -> None:
+        """Register the bridge on ``app``: install the session interface, wrap
+        the socket dispatch, add ``flask bridge-cleanup``.
+
+        :raise RuntimeError: already registered, or no ``SECRET_KEY``.
+        """
+        if "session_bridge" in app.extensions:
+            raise RuntimeError(
+                "A SessionBridge is already registered on this app. Call"
+                " init_app once per app."
+            )
+        if not app.secret_key:
+            raise RuntimeError(
+                "The session bridge signs cookies with the app's SECRET_KEY."
+                " Set app.config['SECRET_KEY'] before calling init_app."
+            )
+        config = app.config
+        config.setdefault("SESSION_BRIDGE_STORE", "memory://")
+        config.setdefault("SESSION_BRIDGE_SOCKET_MISSING", "allow")
+        config.setdefault("SESSION_BRIDGE_LOCK_TIMEOUT", 10.0)
+        config.setdefault("SESSION_BRIDGE_LOCK_EXPIRE", 30.0)
+        config.setdefault("SESSION_BRIDGE_CLIENT_LIFETIME", timedelta(days=365))
+        config.setdefault("SESSION_BRIDGE_CLEANUP_INTERVAL", 300.0)
+
+        def option(name: str) -> t.Any:
+            for given in (options, self._options):
+                if given.get(name) is not None:
+                    return given[name]
+            return config[f"SESSION_BRIDGE_{name.upper()}"]
+
+        unknown = set(options) | set(self._options)
+        unknown -= {"socket_missing", "lock_timeout", "lock_expire", "client_lifetime", "cleanup_interval"}
+        if unknown:
+            raise TypeError(f"Unknown SessionBridge options: {', '.join(sorted(unknown))}")
+        socket_missing = option("socket_missing")
+        if socket_missing not in _SOCKET_MISSING:
+            raise ValueError(
+                f"socket_missing must be 'allow' or 'reject', not {socket_missing!r}."
+            )
+        chosen = store or self._store or config["SESSION_BRIDGE_STORE"]
+        if isinstance(chosen, str):
+            try:
+                chosen = store_from_url(chosen, app.instance_path)
+            except ValueError as e:
+                raise RuntimeError(f"SESSION_BRIDGE_STORE: {e}") from None
+        socketio = socketio or app.extensions.get("socketio")
+        state = AppState(
+            app,
+            chosen,
+            socketio,
+            socket_missing=socket_missing,
+            lock_timeout=float(option("lock_timeout")),
+            lock_expire=float(option("lock_expire")),
+            client_lifetime=_seconds(option("client_lifetime")),
+        )
+        state.validators = self._validators
+        state.cleanup_interval = _seconds(option("cleanup_interval"))
+        self._states[app] = state
+        app.extensions["session_bridge"] = self
+        app.session_interface = BridgeSessionInterface(self._states.__getitem__)
+        if socketio is not None:
+            sockets.install(socketio, self._states.get)
+        app.cli.add_command(cleanup_command)
+        app.register_error_handler(StoreUnavailable, _unavailable)
+        app.register_error_handler(SessionLockTimeout, _unavailable)
+        app.teardown_request(_release_request_locks)
+
+    # -- state -----------------------------------------------------------
+
+    def _state(self) -> AppState:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        try:
+            return self._states[app]
+        except KeyError:
+            raise RuntimeError(
+                "The session bridge is not registered on the current app."
+                " Call bridge.init_app(app) first."
+            ) from None
+
+    # -- the mapping between clients and sessions -------------------------
+
+    def get_session_id(self, client_id: str) -> str | None:
+        """The session the client (browser) was last given, or ``None``."""
+        return self._state().store.get_session_id(client_id)
+
+    def get_client_id(self, session_id: str) -> str | None:
+        """The client (browser) a session belongs to, or ``None``."""
+        record = self._state().store.get(session_id)
+        return record.client_id if record is not None else None
+
+    # -- data ------------------------------------------------------------
+
+    def get_by_id(self, session_id: str) -> dict[str, t.Any] | None:
+        """A copy of a session's data, or ``None`` if there is no such session."""
+        record = self._state().store.get(session_id)
+        return deserialize(record.data) if record is not None else None
+
+    def get_by_client_id(self, client_id: str) -> dict[str, t.Any] | None:
+        """A copy of the data of the client's current session, or ``None``."""
+        session_id = self.get_session_id(client_id)
+        return self.get_by_id(session_id) if session_id is not None else None
+
+    def set_by_id(
+        self, session_id: str, data: t.Mapping[str, t.Any], max_age: float | None = None
+    ) -> bool:
+        """Replace the data of an existing session; never creates one.
+
+        :param max_age: Seconds until it expires; default the app's
+            ``PERMANENT_SESSION_LIFETIME``.
+        :return: ``False`` if there is no such session.
+        :raise SessionValueError: ``data`` cannot be serialized.
+        """
+        state = self._state()
+        payload = serialize(dict(data))
+        token, record = state.lock(session_id)
+        if record is None:
+            state.store.release(session_id, token, None)
+            return False
+        age = state.max_age if max_age is None else max_age
+        state.store.save(session_id, Record(record.client_id, payload), age, token, False)
+        signals.session_saved.send(
+            state.app, session_id=session_id, client_id=record.client_id, is_new=False
+        )
+        return True
+
+    def set_by_client_id(
+        self, client_id: str, data: t.Mapping[str, t.Any], max_age: float | None = None
+    ) -> bool:
+        """Replace the data of the client's current session; see :meth:`set_by_id`."""
+        session_id = self.get_session_id(client_id)
+        return session_id is not None and self.set_by_id(session_id, data, max_age)
+
+    def destroy_by_id(self, session_id: str) -> bool:
+        """End a session everywhere (reason ``"destroyed"``): its sockets get
+        ``session_ended``.
+
+        :return: ``False`` if there is no such session.
+        """
+        state = self._state()
+        token, record = state.lock(session_id)
+        if record is None:
+            state.store.release(session_id, token, None)
+            return False
+        state.store.delete(session_id, token)
+        state.notify_ended(session_id, record.client_id, "destroyed")
+        return True
+
+    def destroy_by_client_id(self, client_id: str) -> bool:
+        """End the client's current session; see :meth:`destroy_by_id`."""
+        session_id = self.get_session_id(client_id)
+        return session_id is not None and self.destroy_by_id(session_id)
+
+    @contextlib.contextmanager
+    def session_scope(self, session_id: str) -> t.Iterator[BridgeSession]:
+        """Lock and load a session for a background task, and write it back
+        when the block ends without an exception::
+
+            with bridge.session_scope(session_id) as session:
+                session["progress"] = 100
+
+        :raise SessionMissing: there is no such session.
+        """
+        state = self._state()
+        session = BridgeSession(lambda s: None)
+        state.load(session, session_id)
+        try:
+            if session.stored is None:
+                raise SessionMissing("no such session", session_id)
+            yield session
+            state.commit(session, link=False)
+        finally:
+            state.abandon(session)
+
+    def regenerate(self) -> None:
+        """Give the current request's session a new id and cookie, keeping its
+        data; the old id is removed from the store. Call it at login, against
+        session fixation. Sockets of the session follow to the new id.
+
+        :raise RuntimeError: outside an HTTP request.
+        """
+        session = flask_session._get_current_object() if has_request_context() else None  # type: ignore[attr-defined]
+        if not isinstance(session, BridgeSession) or session.is_socket:
+            raise RuntimeError(
+                "regenerate() works in HTTP requests only: a socket cannot set"
+                " the new cookie."
+            )
+        if not session.new:
+            session.replaces = (t.cast(str, session.sid), session.lock_token)
+            session.stored = None
+            session.lock_token = None
+        issue_token(session)
+
+    def room(self, session_id: str) -> str:
+        """The Socket.IO room holding every socket of the session."""
+        return room_name(session_id)
+
+    def validator(self, fn: Validator) -> Validator:
+        """Register ``fn(session) -> bool``, run at socket connect and at the
+        first touch of the session in a request. ``False`` ends the session
+        (reason ``"invalid"``): the user no longer exists, say.
+        """
+        self._validators.append(fn)
+        return fn
+
+    # -- expiry ----------------------------------------------------------
+
+    def cleanup(self) -> int:
+        """Remove expired sessions; their sockets get ``session_ended`` with
+        reason ``"expired"``. Returns how many were removed.
+        """
+        state = self._state()
+        removed = state.store.cleanup()
+        for session_id, client_id in removed:
+            state.notify_ended(session_id, client_id, "expired")
+        signals.sessions_cleaned.send(state.app, count=len(removed))
+        return len(removed)
+
+    def start_auto_cleanup(self, interval: float | None = None) -> None:
+        """Run :meth:`cleanup` every ``interval`` seconds (default
+        ``SESSION_BRIDGE_CLEANUP_INTERVAL``) as a Socket.IO background task.
+        """
+        state = self._state()
+        if state.socketio is None:
+            raise RuntimeError("start_auto_cleanup() needs the bridge to know the SocketIO object.")
+        if state.cleanup_stop is not None:
+            return
+        every = state.cleanup_interval if interval is None else interval
+        stop = state.cleanup_stop = [False]
+        socketio, app = state.socketio, state.app
+
+        def run() -> None:
+            while True:
+                waited = 0.0
+                while waited < every and not stop[0]:
+                    socketio.sleep(min(0.5, every - waited))
+                    waited += min(0.5, every - waited)
+                if stop[0]:
+                    return
+                with app.app_context():
+                    try:
+                        self.cleanup()
+                    except StoreUnavailable as e:
+                        logger.error("auto cleanup failed: %s", e)
+
+        socketio.start_background_task(run)
+
+    def stop_auto_cleanup(self) -> None:
+        """Stop the task started by :meth:`start_auto_cleanup`."""
+        state = self._state()
+        if state.cleanup_stop is not None:
+            state.cleanup_stop[0] = True
+            state.cleanup_stop = None
+
+
+def _seconds(value: float | timedelta) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def _unavailable(error: Exception) -> tuple[str, int, dict[str, str]]:
+    logger.error("session unavailable: %s", error)
+    return "Session temporarily unavailable; please retry.\n", 503, {"Retry-After": "1"}
+
+
+def _release_request_locks(error: BaseException | None) -> None:
+    # Safety net: save_session releases the lock; this covers responses that
+    # never reached it. Socket sessions are released by the socket side.
+    session = flask_session._get_current_object()  # type: ignore[attr-defined]
+    if isinstance(session, BridgeSession) and not session.is_socket:
+        current_app.extensions["session_bridge"]._state().abandon(session)

@@ -1,0 +1,202 @@
+"""The session object: a dict that loads itself on first touch and knows
+whether it changed, nested mutation included.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from flask.sessions import SessionMixin
+from flask.sessions import session_json_serializer
+
+from .exceptions import SessionMissing
+from .exceptions import SessionValueError
+
+if t.TYPE_CHECKING:
+    from .stores.base import Record
+
+
+def serialize(data: dict[str, t.Any]) -> str:
+    """Serialize session data as Flask's tagged JSON.
+
+    :raise SessionValueError: a value cannot be serialized; names its key.
+    """
+    try:
+        return session_json_serializer.dumps(data)  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as e:
+        for key, value in data.items():
+            _check_value(key, value)
+        raise SessionValueError(f"session data cannot be serialized: {e}") from e
+
+
+def deserialize(raw: str) -> dict[str, t.Any]:
+    """Load session data written by :func:`serialize`."""
+    data = session_json_serializer.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("stored session data is not an object")
+    return data
+
+
+def _check_value(key: str, value: t.Any) -> None:
+    if not isinstance(key, str):
+        raise SessionValueError(f"session keys must be strings, not {key!r}")
+    try:
+        session_json_serializer.dumps({key: value})
+    except (TypeError, ValueError) as e:
+        raise SessionValueError(
+            f"session[{key!r}] cannot be stored: {type(value).__name__} is not"
+            f" serializable ({e})"
+        ) from e
+
+
+class BridgeSession(SessionMixin):
+    """The session seen as ``flask.session`` in views and socket handlers.
+
+    Nothing is read until the session is first touched; then ``opener`` locks
+    and loads it (see :meth:`attach`). Changes are found by comparing the
+    serialized data with what was loaded, so ``session["cart"].append(x)``
+    counts without ``session.modified = True``.
+
+    :param opener: Called with this session on first touch.
+    """
+
+    def __init__(self, opener: t.Callable[[BridgeSession], None]) -> None:
+        self._opener = opener
+        self._data: dict[str, t.Any] | None = None
+        self._sid: str | None = None
+        #: Public id of the client (browser).
+        self.client_id: str | None = None
+        #: The payload as loaded from the store; ``None`` if not stored.
+        self.stored: str | None = None
+        #: Token of the lock this session holds in the store, if any.
+        self.lock_token: str | None = None
+        #: ``False`` for a socket or task without a session: writes raise.
+        self.writable = True
+        #: Set by ``session.modified = True``; a rewrite happens only if the
+        #: data differ, but the session is then created if new.
+        self.modified = False
+        self.accessed = False
+        #: Why the session ended in this request or event, if it did.
+        self.ended: str | None = None
+        #: ``(session_id, lock_token)`` of the session this one renews.
+        self.replaces: tuple[str, str | None] | None = None
+        #: Cookie token, for sessions opened over HTTP.
+        self.token: str | None = None
+        #: Whether this request gave the session a new token (new, renewed).
+        self.token_issued = False
+        #: The browser's client token, and whether to send its cookie again.
+        self.client_token: str | None = None
+        self.client_roll = False
+        #: Gives a new session its id at the first write (HTTP only).
+        self.allocate: t.Callable[[BridgeSession], None] | None = None
+        self.is_socket = False
+
+    # -- loading ---------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the session was touched (and so opened) in this scope."""
+        return self._data is not None
+
+    def _load(self) -> dict[str, t.Any]:
+        if self._data is None:
+            self.accessed = True
+            self._opener(self)
+            if self._data is None:
+                self._data = {}
+        return self._data
+
+    def attach(
+        self, session_id: str | None, record: Record | None, lock_token: str | None
+    ) -> None:
+        """Fill the session from a store record (or make it empty)."""
+        self._sid = session_id
+        self.lock_token = lock_token
+        if record is None:
+            self.stored = None
+            self._data = {}
+        else:
+            self.client_id = record.client_id
+            self.stored = record.data
+            self._data = deserialize(record.data)
+
+    def detach(self) -> None:
+        """Forget the stored session: it ended, the data are gone."""
+        self._sid = None
+        self.stored = None
+        self.lock_token = None
+        self._data = {}
+
+    @property
+    def sid(self) -> str | None:
+        """The public session id, or ``None`` while there is no session."""
+        self._load()
+        return self._sid
+
+    @sid.setter
+    def sid(self, value: str | None) -> None:
+        self._sid = value
+
+    @property
+    def new(self) -> bool:  # type: ignore[override]
+        """Whether the session is not in the store (yet)."""
+        self._load()
+        return self.stored is None
+
+    def changed_payload(self) -> str | None:
+        """The serialized data if they differ from the stored ones."""
+        raw = serialize(self._load())
+        return None if raw == self.stored else raw
+
+    # -- the mapping -----------------------------------------------------
+
+    def _write(self) -> dict[str, t.Any]:
+        data = self._load()
+        if not self.writable:
+            raise SessionMissing(
+                "this socket has no session; sessions are created by HTTP"
+                " responses, which can set the cookie"
+            )
+        if self._sid is None and self.allocate is not None:
+            self.allocate(self)
+        return data
+
+    def __getitem__(self, key: str) -> t.Any:
+        return self._load()[key]
+
+    def __setitem__(self, key: str, value: t.Any) -> None:
+        data = self._write()
+        _check_value(key, value)
+        data[key] = value
+        self.modified = True
+
+    def __delitem__(self, key: str) -> None:
+        del self._write()[key]
+        self.modified = True
+
+    def __iter__(self) -> t.Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._load()
+
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        return self._load().get(key, default)
+
+    def clear(self) -> None:
+        data = self._load()
+        if data:
+            self._write().clear()
+            self.modified = True
+
+    def copy(self) -> dict[str, t.Any]:
+        """A plain dict copy of the data."""
+        return dict(self._load())
+
+    def __repr__(self) -> str:
+        if self._data is None:
+            return f"<{type(self).__name__} (not loaded)>"
+        return f"<{type(self).__name__} {self._sid!r} {self._data!r}>"

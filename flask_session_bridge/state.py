@@ -1,0 +1,199 @@
+"""Per-app settings and the lifecycle steps shared by HTTP requests, socket
+events and background tasks: lock and load, write back, end.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+
+from . import signals
+from .stores.base import Record
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask_socketio import SocketIO
+
+    from .session import BridgeSession
+    from .stores.base import Store
+
+logger = logging.getLogger("flask_session_bridge")
+
+Validator = t.Callable[["BridgeSession"], bool]
+
+
+class AppState:
+    """What the bridge keeps for one app. Lives in the bridge, keyed by app,
+    so the bridge itself never holds an app.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        store: Store,
+        socketio: SocketIO | None,
+        *,
+        socket_missing: str,
+        lock_timeout: float,
+        lock_expire: float,
+        client_lifetime: float,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.socketio = socketio
+        self.socket_missing = socket_missing
+        self.lock_timeout = lock_timeout
+        self.lock_expire = lock_expire
+        self.client_lifetime = client_lifetime
+        self.validators: list[Validator] = []
+        self.cleanup_interval = 300.0
+        #: ``[stopped]`` flag of the auto-cleanup task; ``None`` when none runs.
+        self.cleanup_stop: list[bool] | None = None
+
+    @property
+    def max_age(self) -> float:
+        """Idle lifetime of a session in the store, in seconds."""
+        return self.app.permanent_session_lifetime.total_seconds()
+
+    # -- loading ---------------------------------------------------------
+
+    def lock(self, session_id: str) -> tuple[str, Record | None]:
+        return self.store.lock(session_id, self.lock_expire, self.lock_timeout)
+
+    def load(self, session: BridgeSession, session_id: str) -> None:
+        """Lock the session and fill ``session`` from the store."""
+        token, record = self.lock(session_id)
+        try:
+            session.attach(session_id, record, token)
+        except ValueError:
+            logger.error("session %s holds corrupt data; starting it empty", session_id)
+            session.attach(session_id, None, token)
+            session.stored = ""  # what is stored differs from anything we save
+
+    def validate(self, session: BridgeSession) -> None:
+        """Run the validators on a stored session; end it if one refuses."""
+        if session.stored is None:
+            return
+        for validator in self.validators:
+            if not validator(session):
+                self.end(session, "invalid")
+                return
+
+    # -- writing back ----------------------------------------------------
+
+    def commit(self, session: BridgeSession, *, link: bool) -> bool:
+        """Write back a session that was touched, then unlock it. A session
+        emptied by ``clear()`` ends (reason ``"logout"``). Returns whether the
+        record was written.
+
+        :param link: this is HTTP: point the client's mapping at the session.
+        """
+        if not session.loaded:
+            return False
+        saved = False
+        data = session.copy()
+        if session.stored is not None and not data:
+            self.end(session, "logout")
+        elif session.writable and (data or session.stored is not None):
+            payload = session.changed_payload()
+            if payload is None:
+                self.release(session, touch=True)
+            else:
+                self._save(session, payload, link)
+                saved = True
+        else:
+            self.release(session, touch=False)
+        if session.replaces is not None:
+            self._retire(session, saved)
+        return saved
+
+    def _save(self, session: BridgeSession, payload: str, link: bool) -> None:
+        session_id, client_id = session.sid, session.client_id
+        assert session_id is not None and client_id is not None
+        if session.lock_token is None:
+            session.lock_token = self.lock(session_id)[0]
+        is_new = self.store.save(
+            session_id, Record(client_id, payload), self.max_age, session.lock_token, link
+        )
+        session.lock_token = None
+        session.stored = payload
+        signals.session_saved.send(
+            self.app, session_id=session_id, client_id=client_id, is_new=is_new
+        )
+
+    def _retire(self, session: BridgeSession, saved: bool) -> None:
+        # The old id of a regenerated session: gone quietly when the data moved
+        # to the new id (its sockets follow), ended when nothing was kept.
+        assert session.replaces is not None
+        old_id, old_token = session.replaces
+        session.replaces = None
+        if old_token is None:
+            old_token = self.lock(old_id)[0]
+        record = self.store.delete(old_id, old_token)
+        if not saved and record is not None:
+            self.notify_ended(old_id, record.client_id, "logout")
+
+    def release(self, session: BridgeSession, *, touch: bool) -> None:
+        """Unlock without writing; ``touch`` pushes back the expiry."""
+        if session.lock_token is not None and session.sid is not None:
+            token, session.lock_token = session.lock_token, None
+            self.store.release(session.sid, token, self.max_age if touch else None)
+
+    def abandon(self, session: BridgeSession) -> None:
+        """Release every lock the session holds, writing nothing: the handler
+        failed or the response is an error.
+        """
+        if session.loaded:
+            self.release(session, touch=False)
+            if session.replaces is not None:
+                old_id, old_token = session.replaces
+                session.replaces = None
+                if old_token is not None:
+                    self.store.release(old_id, old_token, None)
+
+    # -- ending ----------------------------------------------------------
+
+    def end(self, session: BridgeSession, reason: str) -> None:
+        """Delete a loaded session from the store and tell its sockets."""
+        session_id, client_id = session.sid, session.client_id
+        assert session_id is not None and client_id is not None
+        token = session.lock_token or self.lock(session_id)[0]
+        session.lock_token = None
+        self.store.delete(session_id, token)
+        session.detach()
+        session.ended = reason
+        self.notify_ended(session_id, client_id, reason)
+
+    def notify_ended(self, session_id: str, client_id: str, reason: str) -> None:
+        """Send ``session_ended`` to the session's sockets on every worker,
+        then empty its room; under ``socket_missing="reject"`` disconnect the
+        sockets of this worker (the others go at their next event).
+        """
+        logger.info("session %s ended: %s", session_id, reason)
+        signals.session_ended.send(
+            self.app, session_id=session_id, client_id=client_id, reason=reason
+        )
+        server = self.socketio.server if self.socketio is not None else None
+        if server is None:
+            return
+        room = room_name(session_id)
+        for namespace in namespaces(server):
+            server.emit("session_ended", {"reason": reason}, to=room, namespace=namespace)
+            if self.socket_missing == "reject":
+                for sid, _ in list(server.manager.get_participants(namespace, room)):
+                    server.disconnect(sid, namespace=namespace)
+            server.close_room(room, namespace=namespace)
+
+
+def room_name(session_id: str) -> str:
+    """The Socket.IO room that holds every socket of a session."""
+    return f"session:{session_id}"
+
+
+def namespaces(server: t.Any) -> set[str]:
+    """The namespaces sockets can be in: ``/`` and every one with handlers."""
+    found = {"/"}
+    found.update(server.handlers)
+    found.update(server.namespace_handlers)
+    found.discard("*")
+    return found

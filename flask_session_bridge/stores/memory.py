@@ -1,0 +1,124 @@
+"""An in-process store: the default, for one process and for tests."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+from ..exceptions import SessionLockTimeout
+from .base import Record
+
+
+class MemoryStore:
+    """Sessions in a dict of this process. Locks work across threads and
+    green threads of the process; use :class:`SQLiteStore` or
+    :class:`RedisStore` for several processes.
+    """
+
+    def __init__(self) -> None:
+        # Built at construction, so eventlet's patched primitives are used
+        # when the app is created after monkey-patching.
+        self._cond = threading.Condition()
+        #: session id -> (record, expires at)
+        self._sessions: dict[str, tuple[Record, float]] = {}
+        #: client id -> (session id, expires at)
+        self._clients: dict[str, tuple[str, float]] = {}
+        #: session id -> (token, expires at); entries are removed on release.
+        self._locks: dict[str, tuple[str, float]] = {}
+
+    def _live_session(self, session_id: str, now: float) -> Record | None:
+        entry = self._sessions.get(session_id)
+        if entry is None or entry[1] <= now:
+            return None
+        return entry[0]
+
+    def get(self, session_id: str) -> Record | None:
+        with self._cond:
+            return self._live_session(session_id, time.monotonic())
+
+    def get_session_id(self, client_id: str) -> str | None:
+        with self._cond:
+            entry = self._clients.get(client_id)
+            if entry is None or entry[1] <= time.monotonic():
+                return None
+            return entry[0]
+
+    def lock(self, session_id: str, expire: float, timeout: float) -> tuple[str, Record | None]:
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                held = self._locks.get(session_id)
+                if held is None or held[1] <= now:
+                    self._locks[session_id] = (token, now + expire)
+                    return token, self._live_session(session_id, now)
+                if now >= deadline:
+                    raise SessionLockTimeout(
+                        f"session lock not free after {timeout:g}s", session_id
+                    )
+                # Wake on release, or when the holder's lock would expire.
+                self._cond.wait(min(deadline, held[1]) - now)
+
+    def _holds(self, session_id: str, token: str) -> bool:
+        held = self._locks.get(session_id)
+        return held is not None and held[0] == token and held[1] > time.monotonic()
+
+    def _unlock(self, session_id: str, token: str) -> None:
+        held = self._locks.get(session_id)
+        if held is not None and held[0] == token:
+            del self._locks[session_id]
+            self._cond.notify_all()
+
+    def save(self, session_id: str, record: Record, max_age: float, token: str, link: bool) -> bool:
+        with self._cond:
+            if not self._holds(session_id, token):
+                raise SessionLockTimeout(
+                    "session lock expired before write-back", session_id
+                )
+            now = time.monotonic()
+            is_new = self._live_session(session_id, now) is None
+            self._sessions[session_id] = (record, now + max_age)
+            mapped = self._clients.get(record.client_id)
+            if link or (mapped is not None and mapped[0] == session_id):
+                self._clients[record.client_id] = (session_id, now + max_age)
+            self._unlock(session_id, token)
+            return is_new
+
+    def release(self, session_id: str, token: str, max_age: float | None) -> None:
+        with self._cond:
+            if max_age is not None and self._holds(session_id, token):
+                now = time.monotonic()
+                record = self._live_session(session_id, now)
+                if record is not None:
+                    self._sessions[session_id] = (record, now + max_age)
+                    mapped = self._clients.get(record.client_id)
+                    if mapped is not None and mapped[0] == session_id:
+                        self._clients[record.client_id] = (session_id, now + max_age)
+            self._unlock(session_id, token)
+
+    def delete(self, session_id: str, token: str) -> Record | None:
+        with self._cond:
+            record = self._live_session(session_id, time.monotonic())
+            self._sessions.pop(session_id, None)
+            if record is not None:
+                mapped = self._clients.get(record.client_id)
+                if mapped is not None and mapped[0] == session_id:
+                    del self._clients[record.client_id]
+            self._unlock(session_id, token)
+            return record
+
+    def cleanup(self) -> list[tuple[str, str]]:
+        with self._cond:
+            now = time.monotonic()
+            expired = [
+                (sid, entry[0].client_id)
+                for sid, entry in self._sessions.items()
+                if entry[1] <= now
+            ]
+            for sid, _ in expired:
+                del self._sessions[sid]
+            for cid in [c for c, entry in self._clients.items() if entry[1] <= now]:
+                del self._clients[cid]
+            return expired

@@ -1,0 +1,91 @@
+"""Cookie tokens: random secrets, their signatures, and the public ids derived
+from them.
+
+A cookie carries ``token.signature``. The store and the logs only ever see the
+public id, a SHA-256 of the token, so a leaked store or log opens no session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import typing as t
+
+from itsdangerous import BadSignature
+from itsdangerous import Signer
+from itsdangerous import TimestampSigner
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+logger = logging.getLogger("flask_session_bridge")
+
+#: Longer cookie values are refused before any signature check.
+MAX_COOKIE_VALUE = 200
+
+_SESSION_SALT = "flask-session-bridge.session"
+_CLIENT_SALT = "flask-session-bridge.client"
+
+
+def new_token() -> str:
+    """Return a fresh random token of 256 bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def public_id(token: str) -> str:
+    """Derive the public id of a token: one-way, so it cannot be turned back
+    into a cookie.
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_public_id(value: object) -> bool:
+    """Whether ``value`` has the shape of a public id (64 lowercase hex)."""
+    return (
+        isinstance(value, str)
+        and len(value) == 64
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _secret_keys(app: Flask) -> list[str | bytes]:
+    # itsdangerous takes the newest key last and tries all when verifying.
+    keys = list(app.config.get("SECRET_KEY_FALLBACKS") or ())
+    keys.append(app.secret_key)  # type: ignore[arg-type]
+    return keys
+
+
+def session_signer(app: Flask) -> Signer:
+    """The signer of session cookies for ``app``."""
+    return Signer(_secret_keys(app), salt=_SESSION_SALT, digest_method=hashlib.sha256)
+
+
+def client_signer(app: Flask) -> TimestampSigner:
+    """The signer of client cookies for ``app``; the timestamp lets the
+    cookie be rolled and expire.
+    """
+    return TimestampSigner(
+        _secret_keys(app), salt=_CLIENT_SALT, digest_method=hashlib.sha256
+    )
+
+
+def unsign(signer: Signer, value: str | None, max_age: float | None = None) -> str | None:
+    """Return the token inside a signed cookie value, or ``None`` if it is
+    missing, oversized, malformed or tampered with.
+    """
+    if not value:
+        return None
+    if len(value) > MAX_COOKIE_VALUE:
+        logger.warning("refused an oversized %s cookie", signer.salt)
+        return None
+    try:
+        if isinstance(signer, TimestampSigner):
+            token = signer.unsign(value, max_age=max_age)
+        else:
+            token = signer.unsign(value)
+    except BadSignature:
+        # Expired client cookies land here too; all are security-relevant.
+        logger.warning("refused a %s cookie with a bad or expired signature", signer.salt)
+        return None
+    return token.decode("ascii", "replace")

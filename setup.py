@@ -1,0 +1,42 @@
+from setuptools import find_packages
+from setuptools import setup
+
+with open("README.rst", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="flask_session_bridge",
+    version="0.1.0",
+    description="One server-side session for Flask views and Flask-SocketIO handlers.",
+    long_description=long_description,
+    long_description_content_type="text/x-rst",
+    packages=find_packages(include=["flask_session_bridge", "flask_session_bridge.*"]),
+    package_data={"flask_session_bridge": ["py.typed"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "flask>=3.1",
+        "flask-socketio>=5.3.6",
+        "python-socketio>=5.11",
+        "itsdangerous>=2.2",
+        "blinker>=1.9",
+        "click>=8.1",
+    ],
+    extras_require={
+        "redis": ["redis>=5.0"],
+        "test": [
+            "pytest>=8",
+            "redis>=5.0",
+            "requests",
+            "websocket-client",
+            "python-socketio[client]>=5.11",
+            "simple-websocket",
+            "eventlet>=0.36",
+            "hypothesis",
+        ],
+    },
+    classifiers=[
+        "Framework :: Flask",
+        "License :: OSI Approved :: BSD License",
+        "Programming Language :: Python :: 3",
+    ],
+)
