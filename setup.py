@@ -25,6 +25,7 @@ setup(
         "redis": ["redis>=5.0"],
         "test": [
             "pytest>=8",
+            "pytest-timeout",
             "redis>=5.0",
             "requests",
             "websocket-client",
