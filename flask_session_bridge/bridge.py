@@ -24,8 +24,8 @@ from .session import BridgeSession
 from .session import deserialize
 from .session import serialize
 from .state import AppState
-from .state import Validator
 from .state import room_name
+from .state import Validator
 from .stores import store_from_url
 from .stores.base import Record
 
@@ -38,6 +38,7 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("flask_session_bridge")
 
 _SOCKET_MISSING = ("allow", "reject")
+_OPTIONS = {"socket_missing", "lock_timeout", "lock_expire", "client_lifetime", "cleanup_interval"}
 
 
 class SessionBridge:
@@ -117,8 +118,7 @@ class SessionBridge:
                     return given[name]
             return config[f"SESSION_BRIDGE_{name.upper()}"]
 
-        unknown = set(options) | set(self._options)
-        unknown -= {"socket_missing", "lock_timeout", "lock_expire", "client_lifetime", "cleanup_interval"}
+        unknown = (set(options) | set(self._options)) - _OPTIONS
         if unknown:
             raise TypeError(f"Unknown SessionBridge options: {', '.join(sorted(unknown))}")
         socket_missing = option("socket_missing")
@@ -140,7 +140,7 @@ class SessionBridge:
             socket_missing=socket_missing,
             lock_timeout=float(option("lock_timeout")),
             lock_expire=float(option("lock_expire")),
-            client_lifetime=_seconds(option("client_lifetime")),
+            client_lifetime=int(_seconds(option("client_lifetime"))),
         )
         state.validators = self._validators
         state.cleanup_interval = _seconds(option("cleanup_interval"))

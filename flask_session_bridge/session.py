@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import typing as t
 
-from flask.sessions import SessionMixin
 from flask.sessions import session_json_serializer
+from flask.sessions import SessionMixin
 
 from .exceptions import SessionMissing
 from .exceptions import SessionValueError
@@ -22,7 +22,7 @@ def serialize(data: dict[str, t.Any]) -> str:
     :raise SessionValueError: a value cannot be serialized; names its key.
     """
     try:
-        return session_json_serializer.dumps(data)  # type: ignore[no-any-return]
+        return session_json_serializer.dumps(data)
     except (TypeError, ValueError) as e:
         for key, value in data.items():
             _check_value(key, value)

@@ -49,7 +49,7 @@ class SocketState:
     (login, renewal, logout) is followed at the next event.
     """
 
-    __slots__ = ("client_id", "session_id", "known", "candidate", "resolved")
+    __slots__ = ("candidate", "client_id", "known", "resolved", "session_id")
 
     def __init__(self, resolved: bool) -> None:
         self.client_id: str | None = None
@@ -114,7 +114,7 @@ def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None])
             state.abandon(session)
 
     handle_event.session_bridge = True  # type: ignore[attr-defined]
-    socketio._handle_event = handle_event  # type: ignore[method-assign]
+    socketio._handle_event = handle_event
     _ensure_connect_handler(socketio)
 
 
@@ -138,7 +138,8 @@ def _ensure_connect_handler(socketio: SocketIO) -> None:
 
     def connect(auth: t.Any = None) -> t.Any:
         server = socketio.server
-        handler = server.namespace_handlers.get(request.namespace) or server.namespace_handlers.get("*")  # type: ignore[attr-defined]
+        handlers = server.namespace_handlers
+        handler = handlers.get(request.namespace) or handlers.get("*")  # type: ignore[attr-defined]
         on_connect = getattr(handler, "on_connect", None)
         if on_connect is None:
             return None

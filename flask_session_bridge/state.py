@@ -36,7 +36,7 @@ class AppState:
         socket_missing: str,
         lock_timeout: float,
         lock_expire: float,
-        client_lifetime: float,
+        client_lifetime: int,
     ) -> None:
         self.app = app
         self.store = store

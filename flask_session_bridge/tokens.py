@@ -49,11 +49,11 @@ def is_public_id(value: object) -> bool:
     )
 
 
-def _secret_keys(app: Flask) -> list[str | bytes]:
+def _secret_keys(app: Flask) -> list[str]:
     # itsdangerous takes the newest key last and tries all when verifying.
     keys = list(app.config.get("SECRET_KEY_FALLBACKS") or ())
-    keys.append(app.secret_key)  # type: ignore[arg-type]
-    return keys
+    keys.append(app.secret_key)
+    return t.cast("list[str]", keys)
 
 
 def session_signer(app: Flask) -> Signer:
@@ -70,7 +70,7 @@ def client_signer(app: Flask) -> TimestampSigner:
     )
 
 
-def unsign(signer: Signer, value: str | None, max_age: float | None = None) -> str | None:
+def unsign(signer: Signer, value: str | None, max_age: int | None = None) -> str | None:
     """Return the token inside a signed cookie value, or ``None`` if it is
     missing, oversized, malformed or tampered with.
     """
