@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import typing as t
 from datetime import datetime
 from datetime import timedelta
@@ -11,6 +12,8 @@ from flask.sessions import SessionInterface
 from itsdangerous import BadSignature
 
 from . import tokens
+from .exceptions import SessionLockTimeout
+from .exceptions import StoreUnavailable
 from .session import BridgeSession
 from .sockets import current_socket_session
 
@@ -20,6 +23,8 @@ if t.TYPE_CHECKING:
     from flask import Response
 
     from .state import AppState
+
+logger = logging.getLogger("flask_session_bridge")
 
 #: A client cookie older than this is issued again, so it keeps rolling.
 _CLIENT_ROLL = timedelta(days=1)
@@ -106,6 +111,15 @@ class BridgeSessionInterface(SessionInterface):
             return
         try:
             issued = state.commit(session, link=True) and session.token_issued
+        except (StoreUnavailable, SessionLockTimeout) as e:
+            # The response was made, but its session changes were not saved:
+            # say so rather than let the client believe they were.
+            logger.error("session not saved: %s", e)
+            response.status_code = 503
+            response.headers["Retry-After"] = "1"
+            response.set_data("Session temporarily unavailable; please retry.\n")
+            response.mimetype = "text/plain"
+            return
         finally:
             state.abandon(session)
         self._set_cookies(app, session, response, issued)

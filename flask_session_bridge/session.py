@@ -64,8 +64,7 @@ class BridgeSession(SessionMixin):
         self._opener = opener
         self._data: dict[str, t.Any] | None = None
         self._sid: str | None = None
-        #: Public id of the client (browser).
-        self.client_id: str | None = None
+        self._client_id: str | None = None
         #: The payload as loaded from the store; ``None`` if not stored.
         self.stored: str | None = None
         #: Token of the lock this session holds in the store, if any.
@@ -116,7 +115,7 @@ class BridgeSession(SessionMixin):
             self.stored = None
             self._data = {}
         else:
-            self.client_id = record.client_id
+            self._client_id = record.client_id
             self.stored = record.data
             self._data = deserialize(record.data)
 
@@ -136,6 +135,18 @@ class BridgeSession(SessionMixin):
     @sid.setter
     def sid(self, value: str | None) -> None:
         self._sid = value
+
+    @property
+    def client_id(self) -> str | None:
+        """The public id of the client (browser), or ``None`` for a socket
+        whose handshake carried no client cookie.
+        """
+        self._load()
+        return self._client_id
+
+    @client_id.setter
+    def client_id(self, value: str | None) -> None:
+        self._client_id = value
 
     @property
     def new(self) -> bool:  # type: ignore[override]

@@ -8,6 +8,7 @@ import logging
 import typing as t
 
 from . import signals
+from .exceptions import StoreUnavailable
 from .stores.base import Record
 
 if t.TYPE_CHECKING:
@@ -141,15 +142,20 @@ class AppState:
 
     def abandon(self, session: BridgeSession) -> None:
         """Release every lock the session holds, writing nothing: the handler
-        failed or the response is an error.
+        failed or the response is an error. If the store is down, the locks
+        expire by themselves.
         """
-        if session.loaded:
+        if not session.loaded:
+            return
+        try:
             self.release(session, touch=False)
             if session.replaces is not None:
                 old_id, old_token = session.replaces
                 session.replaces = None
                 if old_token is not None:
                     self.store.release(old_id, old_token, None)
+        except StoreUnavailable as e:
+            logger.error("could not release a session lock: %s", e)
 
     # -- ending ----------------------------------------------------------
 

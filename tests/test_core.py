@@ -467,3 +467,23 @@ def test_keyword_option_wins_over_config():
     app3.config.update(SECRET_KEY="k", SESSION_BRIDGE_LOCK_TIMEOUT=3)
     SessionBridge().init_app(app3)
     assert app3.extensions["session_bridge"]._states[app3].lock_timeout == 3
+
+
+def test_ids_available_in_views_and_handlers_without_reading_data(app, socketio, client, bridge):
+    @app.get("/ids")
+    def ids():
+        return {"sid": session.sid, "client_id": session.client_id}
+
+    @socketio.on("ids")
+    def socket_ids():
+        return {"sid": session.sid, "client_id": session.client_id}
+
+    sid = client.post("/login/alice").json["sid"]
+    over_http = client.get("/ids").json
+    sc = socketio.test_client(app, flask_test_client=client)
+    over_socket = sc.emit("ids", callback=True)
+    sc.disconnect()
+    assert over_http == over_socket
+    assert over_http["sid"] == sid
+    with app.app_context():
+        assert bridge.get_session_id(over_http["client_id"]) == sid
