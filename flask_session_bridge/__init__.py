@@ -8,3 +8,5 @@ from .session import BridgeSession as BridgeSession
 from .stores import MemoryStore as MemoryStore
 from .stores import Record as Record
 from .stores import Store as Store
+from .stores.redis import RedisStore as RedisStore
+from .stores.sqlite import SQLiteStore as SQLiteStore

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import typing as t
 from urllib.parse import urlsplit
 
 from .base import Record as Record
 from .base import Store as Store
 from .memory import MemoryStore as MemoryStore
+from .redis import RedisStore as RedisStore
+from .sqlite import SQLiteStore as SQLiteStore
 
 _URL_HELP = (
     "Use 'memory://', 'sqlite:///relative/or/absolute.db' or"
@@ -26,27 +27,10 @@ def store_from_url(url: str, instance_path: str) -> Store:
     if scheme == "memory":
         return MemoryStore()
     if scheme == "sqlite":
-        from .sqlite import SQLiteStore
-
         path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
         if not path:
             raise ValueError(f"SQLite store URL {url!r} has no path. {_URL_HELP}")
         return SQLiteStore(os.path.join(instance_path, path))
     if scheme in ("redis", "rediss", "unix"):
-        from .redis import RedisStore
-
         return RedisStore(url)
     raise ValueError(f"Unknown session store URL {url!r}. {_URL_HELP}")
-
-
-def __getattr__(name: str) -> t.Any:
-    # The drivers are imported only when their store is asked for.
-    if name == "SQLiteStore":
-        from .sqlite import SQLiteStore
-
-        return SQLiteStore
-    if name == "RedisStore":
-        from .redis import RedisStore
-
-        return RedisStore
-    raise AttributeError(name)

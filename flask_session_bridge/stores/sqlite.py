@@ -162,7 +162,9 @@ class SQLiteStore:
         return self._transaction(write)
 
     @staticmethod
-    def _touch_client(db: sqlite3.Connection, client_id: str, session_id: str, expires: float) -> None:
+    def _touch_client(
+        db: sqlite3.Connection, client_id: str, session_id: str, expires: float
+    ) -> None:
         db.execute(
             "UPDATE bridge_clients SET expires = ? WHERE client_id = ? AND session_id = ?",
             (expires, client_id, session_id),

@@ -1,0 +1,194 @@
+"""A store in Redis: several processes and hosts, native expiry, locks in
+Redis. Each step the bridge takes is one round trip (a server-side script).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import typing as t
+
+from ..exceptions import SessionLockTimeout
+from ..exceptions import StoreUnavailable
+from .base import Record
+
+if t.TYPE_CHECKING:
+    import redis
+
+_T = t.TypeVar("_T")
+
+# A session is stored as "<client id>\n<data>", so one GET reads both.
+_LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return {1, redis.call('GET', KEYS[2])}
+end
+return {0}
+"""
+
+_SAVE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local existed = redis.call('EXISTS', KEYS[2])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if ARGV[4] == '1' then
+    redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[3])
+elseif redis.call('GET', KEYS[3]) == ARGV[5] then
+    redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+redis.call('DEL', KEYS[1])
+return 1 - existed
+"""
+
+_CLIENT_KEY = """
+local function client_key(value)
+    return ARGV[3] .. string.sub(value, 1, string.find(value, '\\n', 1, true) - 1)
+end
+"""
+
+_RELEASE = _CLIENT_KEY + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '' then
+    local value = redis.call('GET', KEYS[2])
+    if value then
+        redis.call('PEXPIRE', KEYS[2], ARGV[2])
+        local key = client_key(value)
+        if redis.call('GET', key) == ARGV[4] then redis.call('PEXPIRE', key, ARGV[2]) end
+    end
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+_DELETE = _CLIENT_KEY + """
+local value = redis.call('GET', KEYS[2])
+if value then
+    redis.call('DEL', KEYS[2])
+    local key = client_key(value)
+    if redis.call('GET', key) == ARGV[4] then redis.call('DEL', key) end
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return value
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _record(value: bytes | str | None) -> Record | None:
+    if value is None:
+        return None
+    client_id, _, data = _text(value).partition("\n")
+    return Record(client_id, data)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisStore:
+    """Sessions in Redis, under ``prefix``, with native expiry.
+
+    Built from a URL, the store's connection pool waits for a free
+    connection (up to 20 s) instead of failing under load, and a Redis that
+    stops answering fails within 5 s. Pass your own :class:`redis.Redis` for
+    Sentinel, TLS or other settings; with Redis Cluster use a prefix with a
+    hash tag (``"{sessions}:"``) so a session's keys share a slot.
+
+    Redis expires keys itself, so :meth:`cleanup` finds nothing to remove.
+
+    :param client_or_url: A ``redis://`` URL or a :class:`redis.Redis`.
+    :param prefix: Prefix of every key the store writes.
+    :param max_connections: Pool size when built from a URL.
+    """
+
+    def __init__(
+        self,
+        client_or_url: redis.Redis | str,
+        prefix: str = "flask_session_bridge:",
+        max_connections: int = 50,
+    ) -> None:
+        try:
+            import redis
+        except ImportError as e:
+            raise ImportError(
+                "RedisStore needs redis-py: pip install 'flask_session_bridge[redis]'"
+            ) from e
+        self._errors = redis.exceptions.RedisError
+        if isinstance(client_or_url, str):
+            pool = redis.BlockingConnectionPool.from_url(
+                client_or_url,
+                max_connections=max_connections,
+                timeout=20,
+                socket_timeout=5,
+                socket_connect_timeout=5,
+            )
+            self.client: redis.Redis = redis.Redis(connection_pool=pool)
+        else:
+            self.client = client_or_url
+        self.prefix = prefix
+        self._lock = self.client.register_script(_LOCK)
+        self._save = self.client.register_script(_SAVE)
+        self._release = self.client.register_script(_RELEASE)
+        self._delete = self.client.register_script(_DELETE)
+
+    def _session_key(self, session_id: str) -> str:
+        return f"{self.prefix}s:{session_id}"
+
+    def _client_key(self, client_id: str) -> str:
+        return f"{self.prefix}c:{client_id}"
+
+    def _lock_key(self, session_id: str) -> str:
+        return f"{self.prefix}l:{session_id}"
+
+    def _call(self, work: t.Callable[[], _T]) -> _T:
+        try:
+            return work()
+        except self._errors as e:
+            raise StoreUnavailable(f"Redis store: {e}", original_error=e) from e
+
+    def get(self, session_id: str) -> Record | None:
+        return _record(self._call(lambda: self.client.get(self._session_key(session_id))))
+
+    def get_session_id(self, client_id: str) -> str | None:
+        value = self._call(lambda: self.client.get(self._client_key(client_id)))
+        return _text(value) if value is not None else None
+
+    def lock(self, session_id: str, expire: float, timeout: float) -> tuple[str, Record | None]:
+        token = secrets.token_hex(16)
+        keys = [self._lock_key(session_id), self._session_key(session_id)]
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            reply = self._call(lambda: self._lock(keys=keys, args=[token, _ms(expire)]))
+            if reply[0] == 1:
+                return token, _record(reply[1] if len(reply) > 1 else None)
+            if time.monotonic() >= deadline:
+                raise SessionLockTimeout(f"session lock not free after {timeout:g}s", session_id)
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.02)
+
+    def save(self, session_id: str, record: Record, max_age: float, token: str, link: bool) -> bool:
+        keys = [
+            self._lock_key(session_id),
+            self._session_key(session_id),
+            self._client_key(record.client_id),
+        ]
+        args = [token, f"{record.client_id}\n{record.data}", _ms(max_age), int(link), session_id]
+        reply = self._call(lambda: self._save(keys=keys, args=args))
+        if reply == -1:
+            raise SessionLockTimeout("session lock expired before write-back", session_id)
+        return bool(reply)
+
+    def release(self, session_id: str, token: str, max_age: float | None) -> None:
+        keys = [self._lock_key(session_id), self._session_key(session_id)]
+        touch = "" if max_age is None else str(_ms(max_age))
+        args = [token, touch, f"{self.prefix}c:", session_id]
+        self._call(lambda: self._release(keys=keys, args=args))
+
+    def delete(self, session_id: str, token: str) -> Record | None:
+        keys = [self._lock_key(session_id), self._session_key(session_id)]
+        args = [token, "", f"{self.prefix}c:", session_id]
+        return _record(self._call(lambda: self._delete(keys=keys, args=args)))
+
+    def cleanup(self) -> list[tuple[str, str]]:
+        return []
