@@ -173,7 +173,8 @@ class RedisStore:
             self._session_key(session_id),
             self._client_key(record.client_id),
         ]
-        args = [token, f"{record.client_id}\n{record.data}", _ms(max_age), int(link), session_id]
+        value = f"{record.client_id}\n{record.data}"
+        args: list[str | int] = [token, value, _ms(max_age), int(link), session_id]
         reply = self._call(lambda: self._save(keys=keys, args=args))
         if reply == -1:
             raise SessionLockTimeout("session lock expired before write-back", session_id)
