@@ -35,7 +35,9 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 class RedisServer:
     """A real redis-server on a free loopback port, stopped by pid."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: str | None = None) -> None:
+        #: With a folder, Redis keeps its data there across restarts.
+        self.data_dir = data_dir
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
@@ -48,9 +50,13 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        persistence = ["--save", "", "--appendonly", "no"]
+        if self.data_dir is not None:
+            persistence = ["--dir", self.data_dir, "--save", "",
+                           "--appendonly", "yes", "--appendfsync", "always"]
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+             "--protected-mode", "no", *persistence],
             stdout=subprocess.DEVNULL,
         )
         wait_for_port(self.port)

@@ -1,0 +1,138 @@
+"""A store that goes down, and comes back: clear answers, nothing lost."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from conftest import RedisServer
+from conftest import create_app
+from flask_session_bridge import RedisStore
+
+
+@pytest.fixture
+def flaky_redis(tmp_path):
+    """A Redis of its own, keeping its data on disk, that tests may stop and
+    start.
+    """
+    server = RedisServer(str(tmp_path))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def parts(flaky_redis):
+    return create_app(RedisStore(flaky_redis.url))
+
+
+def test_store_down_at_request_is_503_and_recovers(parts, flaky_redis, caplog):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    client.post("/login/alice")
+    flaky_redis.stop()
+    with caplog.at_level(logging.ERROR, logger="flask_session_bridge"):
+        response = client.get("/me")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "unavailable" in response.text and len(response.text) < 100
+    assert any("Redis" in r.getMessage() for r in caplog.records)
+    assert client.get("/static-ish").status_code == 200  # untouched views keep working
+    flaky_redis.start()
+    assert client.get("/me").json["user"] == "alice"  # same app, no restart
+
+
+def test_store_down_at_socket_connect_refuses(parts, flaky_redis):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    client.post("/login/alice")
+    flaky_redis.stop()
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert not sc.is_connected()
+    flaky_redis.start()
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.is_connected()
+    assert sc.emit("whoami", callback=True)["user"] == "alice"
+
+
+def test_store_down_during_socket_event_is_an_error_ack(parts, flaky_redis):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.emit("inc", callback=True) == 1
+    flaky_redis.stop()
+    ack = sc.emit("inc", callback=True)
+    assert ack["error"] == "StoreUnavailable"
+    assert sc.is_connected()
+    flaky_redis.start()
+    reply = sc.emit("whoami", callback=True)
+    assert reply["user"] == "alice" and reply["n"] == 1  # the failed write left nothing
+    assert sc.emit("inc", callback=True) == 2
+
+
+def test_store_down_while_saving_sets_no_cookie(parts, flaky_redis):
+    app, socketio, bridge = parts
+
+    @app.post("/stop-then-write")
+    def stop_then_write():
+        from flask import session
+
+        session["user"] = "alice"
+        flaky_redis.stop()
+        return "written?"
+
+    client = app.test_client()
+    response = client.post("/stop-then-write")
+    assert response.status_code == 503
+    assert not any(c.startswith("session=") for c in response.headers.getlist("Set-Cookie"))
+
+
+def test_bad_store_url_fails_at_init_app():
+    from flask import Flask
+    from flask_session_bridge import SessionBridge
+
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k", SESSION_BRIDGE_STORE="sqlite://")
+    with pytest.raises(RuntimeError, match=r"sqlite:///relative/or/absolute\.db"):
+        SessionBridge(app)
+
+
+def test_store_urls(tmp_path, redis_server):
+    from flask import Flask
+    from flask_session_bridge import MemoryStore
+    from flask_session_bridge import SessionBridge
+    from flask_session_bridge import SQLiteStore
+
+    kinds = {}
+    for url in ("memory://", "sqlite:///s.db", redis_server.url):
+        app = Flask(__name__, instance_path=str(tmp_path))
+        app.config.update(SECRET_KEY="k", SESSION_BRIDGE_STORE=url)
+        bridge = SessionBridge(app)
+        kinds[url] = bridge._states[app].store
+    assert isinstance(kinds["memory://"], MemoryStore)
+    assert isinstance(kinds["sqlite:///s.db"], SQLiteStore)
+    assert kinds["sqlite:///s.db"].path == str(tmp_path / "s.db")
+    assert isinstance(kinds[redis_server.url], RedisStore)
+
+
+def test_store_down_during_socket_write_back(parts, flaky_redis):
+    app, socketio, bridge = parts
+
+    @socketio.on("inc-then-fail")
+    def inc_then_fail():
+        from flask import session
+
+        session["n"] = session.get("n", 0) + 100
+        flaky_redis.stop()
+        return "written?"
+
+    client = app.test_client()
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+    sc.emit("inc", callback=True)
+    assert sc.emit("inc-then-fail", callback=True)["error"] == "StoreUnavailable"
+    assert sc.is_connected()
+    flaky_redis.start()
+    assert sc.emit("whoami", callback=True)["n"] == 1
