@@ -28,6 +28,7 @@ from .state import room_name
 from .state import Validator
 from .stores import store_from_url
 from .stores.base import Record
+from .tokens import is_public_id
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -170,18 +171,24 @@ class SessionBridge:
 
     def get_session_id(self, client_id: str) -> str | None:
         """The session the client (browser) was last given, or ``None``."""
-        return self._state().store.get_session_id(client_id)
+        state = self._state()
+        return state.store.get_session_id(client_id) if is_public_id(client_id) else None
 
     def get_client_id(self, session_id: str) -> str | None:
         """The client (browser) a session belongs to, or ``None``."""
-        record = self._state().store.get(session_id)
+        record = self._get(session_id)
         return record.client_id if record is not None else None
+
+    def _get(self, session_id: str) -> Record | None:
+        # Ids that no session can have never reach the store.
+        state = self._state()
+        return state.store.get(session_id) if is_public_id(session_id) else None
 
     # -- data ------------------------------------------------------------
 
     def get_by_id(self, session_id: str) -> dict[str, t.Any] | None:
         """A copy of a session's data, or ``None`` if there is no such session."""
-        record = self._state().store.get(session_id)
+        record = self._get(session_id)
         return deserialize(record.data) if record is not None else None
 
     def get_by_client_id(self, client_id: str) -> dict[str, t.Any] | None:
@@ -201,6 +208,8 @@ class SessionBridge:
         """
         state = self._state()
         payload = serialize(dict(data))
+        if not is_public_id(session_id):
+            return False
         token, record = state.lock(session_id)
         if record is None:
             state.store.release(session_id, token, None)
@@ -226,6 +235,8 @@ class SessionBridge:
         :return: ``False`` if there is no such session.
         """
         state = self._state()
+        if not is_public_id(session_id):
+            return False
         token, record = state.lock(session_id)
         if record is None:
             state.store.release(session_id, token, None)
@@ -250,6 +261,8 @@ class SessionBridge:
         :raise SessionMissing: there is no such session.
         """
         state = self._state()
+        if not is_public_id(session_id):
+            raise SessionMissing("no such session", session_id)
         session = BridgeSession(lambda s: None)
         state.load(session, session_id)
         try:

@@ -93,6 +93,21 @@ def store(request, tmp_path):
     return RedisStore(server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
 
 
+@pytest.fixture
+def store_calls(store, monkeypatch):
+    """The names of the store methods called, in order, from now on."""
+    calls: list[str] = []
+    for name in ("get", "get_session_id", "lock", "save", "release", "delete", "cleanup"):
+        method = getattr(store, name)
+
+        def spy(*args, _method=method, _name=name, **kwargs):
+            calls.append(_name)
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, spy)
+    return calls
+
+
 def create_app(store=None, **options) -> tuple[Flask, SocketIO, SessionBridge]:
     """The app factory the tests share: a few views and socket handlers."""
     app = Flask(__name__)

@@ -10,7 +10,7 @@ import pytest
 from flask import session
 from flask_socketio import Namespace
 
-from flask_session_bridge import SessionLockTimeout
+from flask_session_bridge import SessionMissing
 from flask_session_bridge import signals
 from flask_session_bridge.stores.base import Record
 
@@ -194,12 +194,9 @@ def test_unserializable_value_names_key_and_keeps_stored_data(app, client):
     assert client.get("/me").json["n"] == 5  # the valid write went through
 
 
-def test_untouched_request_does_no_store_io(app, client, store, monkeypatch):
+def test_untouched_request_does_no_store_io(app, client, request):
     client.post("/login/alice")
-    calls = []
-    for name in ("get", "get_session_id", "lock", "save", "release", "delete"):
-        method = getattr(store, name)
-        monkeypatch.setattr(store, name, lambda *a, _m=method, _n=name, **k: calls.append(_n) or _m(*a, **k))
+    calls = request.getfixturevalue("store_calls")
     response = client.get("/static-ish")
     assert response.status_code == 200 and calls == []
     assert "Set-Cookie" not in response.headers
@@ -210,15 +207,11 @@ def test_untouched_request_does_no_store_io(app, client, store, monkeypatch):
     ["garbage", "", "a.b", "x" * 5000, "tampered.signature", "%C3%A9%3B", "%00abc"],
     ids=["garbage", "empty", "dotted", "oversized", "unsigned", "non-ascii", "nul"],
 )
-def test_bad_session_cookies_mean_no_session_and_no_store_read(app, client, store, monkeypatch, value):
-    calls = []
-    for name in ("get", "lock"):
-        method = getattr(store, name)
-        monkeypatch.setattr(store, name, lambda *a, _m=method, _n=name, **k: calls.append(_n) or _m(*a, **k))
+def test_bad_session_cookies_mean_no_session_and_no_store_read(client, store_calls, value):
     response = client.get("/me", headers={"Cookie": f"session={value}"})
     assert response.status_code == 200
     assert response.json["sid"] is None
-    assert calls == []
+    assert store_calls == []
 
 
 def test_tampered_valid_looking_cookie_is_refused(app, client, store, monkeypatch):
@@ -350,7 +343,7 @@ def test_cli_cleanup_removes_exactly_expired(app, bridge, store):
     with app.app_context():
         for i in range(3):
             token, _ = store.lock(f"{i:064x}", 5, 5)
-            store.save(f"{i:064x}", Record("c" * 64, '{"i":%d}' % i), 0.2 if i else 60, token, True)
+            store.save(f"{i:064x}", Record("c" * 64, f'{{"i":{i}}}'), 0.2 if i else 60, token, True)
     import time
 
     time.sleep(0.4)
@@ -397,7 +390,7 @@ def test_class_based_namespace_connect_still_runs(app, socketio, client):
 def test_reject_refuses_and_disconnects(client):
     from conftest import create_app
 
-    app, socketio, bridge = create_app(socket_missing="reject")
+    app, socketio, _bridge = create_app(socket_missing="reject")
     client = app.test_client()
     refused = socketio.test_client(app, flask_test_client=client)
     assert not refused.is_connected()
@@ -411,14 +404,15 @@ def test_reject_refuses_and_disconnects(client):
 def test_connect_check_in_namespace_without_connect_handler(client):
     from conftest import create_app
 
-    app, socketio, bridge = create_app(socket_missing="reject")
+    app, socketio, _bridge = create_app(socket_missing="reject")
 
     @socketio.on("ping", namespace="/other")
     def ping():
         return session.get("user")
 
     client = app.test_client()
-    assert not socketio.test_client(app, flask_test_client=client, namespace="/other").is_connected()
+    refused = socketio.test_client(app, flask_test_client=client, namespace="/other")
+    assert not refused.is_connected()
     client.post("/login/alice")
     sc = socketio.test_client(app, flask_test_client=client, namespace="/other")
     assert sc.emit("ping", callback=True, namespace="/other") == "alice"
@@ -436,6 +430,7 @@ def test_handlers_registered_after_bridge_get_the_session(client, socket_client,
 
 def test_init_app_errors(tmp_path):
     from flask import Flask
+
     from flask_session_bridge import SessionBridge
 
     app = Flask(__name__)
@@ -453,6 +448,7 @@ def test_init_app_errors(tmp_path):
 
 def test_keyword_option_wins_over_config():
     from flask import Flask
+
     from flask_session_bridge import SessionBridge
 
     app = Flask(__name__)
@@ -487,3 +483,16 @@ def test_ids_available_in_views_and_handlers_without_reading_data(app, socketio,
     assert over_http["sid"] == sid
     with app.app_context():
         assert bridge.get_session_id(over_http["client_id"]) == sid
+
+
+@pytest.mark.parametrize("bad_id", ["", "abc", "../x", "a/b", "' OR 1=1--", "x" * 10_000, "é" * 64])
+def test_bridge_api_refuses_impossible_ids_before_any_io(app, bridge, store_calls, bad_id):
+    with app.app_context():
+        assert bridge.get_by_id(bad_id) is None
+        assert bridge.get_client_id(bad_id) is None
+        assert bridge.get_session_id(bad_id) is None
+        assert bridge.set_by_id(bad_id, {"x": 1}) is False
+        assert bridge.destroy_by_id(bad_id) is False
+        with pytest.raises(SessionMissing, match="no such session"), bridge.session_scope(bad_id):
+            pass
+    assert store_calls == []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-
-from conftest import RedisServer
 from conftest import create_app
+from conftest import RedisServer
+
 from flask_session_bridge import RedisStore
 
 
@@ -28,7 +28,7 @@ def parts(flaky_redis):
 
 
 def test_store_down_at_request_is_503_and_recovers(parts, flaky_redis, caplog):
-    app, socketio, bridge = parts
+    app, _socketio, _bridge = parts
     client = app.test_client()
     client.post("/login/alice")
     flaky_redis.stop()
@@ -44,7 +44,7 @@ def test_store_down_at_request_is_503_and_recovers(parts, flaky_redis, caplog):
 
 
 def test_store_down_at_socket_connect_refuses(parts, flaky_redis):
-    app, socketio, bridge = parts
+    app, socketio, _bridge = parts
     client = app.test_client()
     client.post("/login/alice")
     flaky_redis.stop()
@@ -57,7 +57,7 @@ def test_store_down_at_socket_connect_refuses(parts, flaky_redis):
 
 
 def test_store_down_during_socket_event_is_an_error_ack(parts, flaky_redis):
-    app, socketio, bridge = parts
+    app, socketio, _bridge = parts
     client = app.test_client()
     client.post("/login/alice")
     sc = socketio.test_client(app, flask_test_client=client)
@@ -73,7 +73,7 @@ def test_store_down_during_socket_event_is_an_error_ack(parts, flaky_redis):
 
 
 def test_store_down_while_saving_sets_no_cookie(parts, flaky_redis):
-    app, socketio, bridge = parts
+    app, _socketio, _bridge = parts
 
     @app.post("/stop-then-write")
     def stop_then_write():
@@ -91,6 +91,7 @@ def test_store_down_while_saving_sets_no_cookie(parts, flaky_redis):
 
 def test_bad_store_url_fails_at_init_app():
     from flask import Flask
+
     from flask_session_bridge import SessionBridge
 
     app = Flask(__name__)
@@ -101,6 +102,7 @@ def test_bad_store_url_fails_at_init_app():
 
 def test_store_urls(tmp_path, redis_server):
     from flask import Flask
+
     from flask_session_bridge import MemoryStore
     from flask_session_bridge import SessionBridge
     from flask_session_bridge import SQLiteStore
@@ -120,7 +122,7 @@ def test_store_urls(tmp_path, redis_server):
 def test_store_down_during_socket_write_back(flaky_redis):
     # The lock could not be released while Redis was down: it stays until
     # lock_expire, as a crashed holder's would.
-    app, socketio, bridge = create_app(RedisStore(flaky_redis.url), lock_expire=1)
+    app, socketio, _bridge = create_app(RedisStore(flaky_redis.url), lock_expire=1)
 
     @socketio.on("inc-then-fail")
     def inc_then_fail():
