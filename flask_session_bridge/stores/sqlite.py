@@ -18,15 +18,15 @@ _T = t.TypeVar("_T")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bridge_sessions (
     id TEXT PRIMARY KEY, client_id TEXT NOT NULL, data TEXT NOT NULL, expires REAL NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS bridge_sessions_expires ON bridge_sessions (expires);
 CREATE TABLE IF NOT EXISTS bridge_clients (
     client_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, expires REAL NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS bridge_clients_expires ON bridge_clients (expires);
 CREATE TABLE IF NOT EXISTS bridge_locks (
     session_id TEXT PRIMARY KEY, token TEXT NOT NULL, expires REAL NOT NULL
-);
+) WITHOUT ROWID;
 """
 
 
