@@ -16,6 +16,10 @@ if t.TYPE_CHECKING:
     from .stores.base import Record
 
 
+#: Values that always serialize, checked without serializing them.
+_SCALARS = frozenset({str, int, float, bool})
+
+
 def serialize(data: dict[str, t.Any]) -> str:
     """Serialize session data as Flask's tagged JSON.
 
@@ -40,6 +44,8 @@ def deserialize(raw: str) -> dict[str, t.Any]:
 def _check_value(key: str, value: t.Any) -> None:
     if not isinstance(key, str):
         raise SessionValueError(f"session keys must be strings, not {key!r}")
+    if value is None or type(value) in _SCALARS:
+        return
     try:
         session_json_serializer.dumps({key: value})
     except (TypeError, ValueError) as e:

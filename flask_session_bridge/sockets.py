@@ -23,6 +23,7 @@ from .exceptions import SessionMissing
 from .exceptions import StoreUnavailable
 from .session import BridgeSession
 from .state import room_name
+from .stores.base import lock_client
 
 if t.TYPE_CHECKING:
     from flask_socketio import SocketIO
@@ -98,6 +99,8 @@ def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None])
                 _check_connect(state, sock, session)
             result = handler(*handler_args)
             state.commit(session, link=False)
+            # Written back: keeps Flask-SocketIO from calling save_session.
+            session.modified = False
             return result
 
         context = _current.set(session)
@@ -175,13 +178,21 @@ def _open(
     if connecting:
         sock.resolved = True
         _resolve_connect(state, sock, session, sid, namespace)
-    else:
-        _follow(state, sock, sid, namespace)
-        if sock.session_id is not None:
-            state.load(session, sock.session_id)
-            if session.stored is None:
-                state.release(session, touch=False)
-                _leave(state, sock, sid, namespace, expired=True)
+    elif sock.client_id is not None:
+        current, token, record = lock_client(
+            state.store, sock.client_id, state.lock_expire, state.lock_timeout
+        )
+        if current != sock.known:
+            _follow(state, sock, sid, namespace, current)
+        if current is not None and token is not None:
+            if current == sock.session_id:
+                state.fill(session, current, token, record)
+                if session.stored is None:
+                    state.release(session, touch=False)
+                    _leave(state, sock, sid, namespace, expired=True)
+            else:
+                # The client's session, but this socket never had it (rule 6).
+                state.store.release(current, token, None)
     if session.stored is None:
         session.attach(None, None, None)
         session.writable = False
@@ -211,12 +222,9 @@ def _resolve_connect(
     sock.known = state.store.get_session_id(sock.client_id)
 
 
-def _follow(state: AppState, sock: SocketState, sid: str, namespace: str) -> None:
-    if sock.client_id is None:
-        return
-    current = state.store.get_session_id(sock.client_id)
-    if current == sock.known:
-        return
+def _follow(
+    state: AppState, sock: SocketState, sid: str, namespace: str, current: str | None
+) -> None:
     # HTTP gave this client another session since we last looked.
     sock.known = current
     if sock.session_id != current:

@@ -64,6 +64,12 @@ class AppState:
     def load(self, session: BridgeSession, session_id: str) -> None:
         """Lock the session and fill ``session`` from the store."""
         token, record = self.lock(session_id)
+        self.fill(session, session_id, token, record)
+
+    def fill(
+        self, session: BridgeSession, session_id: str, token: str, record: Record | None
+    ) -> None:
+        """Fill ``session`` from a record locked with ``token``."""
         try:
             session.attach(session_id, record, token)
         except ValueError:

@@ -67,3 +67,22 @@ class Store(t.Protocol):
         client_id)`` of each removed session. A store whose backend expires
         keys itself may return an empty list.
         """
+
+
+def lock_client(
+    store: Store, client_id: str, expire: float, timeout: float
+) -> tuple[str | None, str | None, Record | None]:
+    """Find the client's current session, lock it and read it. Returns
+    ``(session_id, token, record)``, all ``None`` if the client has none.
+
+    A store may do this in one step with a ``lock_client`` method of the same
+    signature (Redis: one round trip instead of two); this is the fallback.
+    """
+    fast = getattr(store, "lock_client", None)
+    if fast is not None:
+        return fast(client_id, expire, timeout)  # type: ignore[no-any-return]
+    session_id = store.get_session_id(client_id)
+    if session_id is None:
+        return None, None, None
+    token, record = store.lock(session_id, expire, timeout)
+    return session_id, token, record

@@ -25,6 +25,15 @@ end
 return {0}
 """
 
+_LOCK_CLIENT = """
+local session_id = redis.call('GET', KEYS[1])
+if not session_id then return {0} end
+if redis.call('SET', ARGV[3] .. 'l:' .. session_id, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return {1, session_id, redis.call('GET', ARGV[3] .. 's:' .. session_id)}
+end
+return {2, session_id}
+"""
+
 _SAVE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local existed = redis.call('EXISTS', KEYS[2])
@@ -127,6 +136,7 @@ class RedisStore:
             self.client = client_or_url
         self.prefix = prefix
         self._lock = self.client.register_script(_LOCK)
+        self._lock_client = self.client.register_script(_LOCK_CLIENT)
         self._save = self.client.register_script(_SAVE)
         self._release = self.client.register_script(_RELEASE)
         self._delete = self.client.register_script(_DELETE)
@@ -166,6 +176,24 @@ class RedisStore:
                 raise SessionLockTimeout(f"session lock not free after {timeout:g}s", session_id)
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.02)
+
+    def lock_client(
+        self, client_id: str, expire: float, timeout: float
+    ) -> tuple[str | None, str | None, Record | None]:
+        """Find the client's session, lock and read it: one round trip when
+        the lock is free (see :func:`~flask_session_bridge.stores.base.lock_client`).
+        """
+        token = secrets.token_hex(16)
+        keys = [self._client_key(client_id)]
+        args: list[str | int] = [token, _ms(expire), self.prefix]
+        reply = self._call(lambda: self._lock_client(keys=keys, args=args))
+        if reply[0] == 0:
+            return None, None, None
+        session_id = _text(reply[1])
+        if reply[0] == 1:
+            return session_id, token, _record(reply[2] if len(reply) > 2 else None)
+        token, record = self.lock(session_id, expire, timeout)
+        return session_id, token, record
 
     def save(self, session_id: str, record: Record, max_age: float, token: str, link: bool) -> bool:
         keys = [

@@ -88,34 +88,57 @@ class SQLiteStore:
     def get(self, session_id: str) -> Record | None:
         return self._run(lambda db: self._read(db, session_id, time.time()))
 
-    def get_session_id(self, client_id: str) -> str | None:
-        row = self._run(
-            lambda db: db.execute(
-                "SELECT session_id FROM bridge_clients WHERE client_id = ? AND expires > ?",
-                (client_id, time.time()),
-            ).fetchone()
-        )
+    @staticmethod
+    def _mapped(db: sqlite3.Connection, client_id: str, now: float) -> str | None:
+        row = db.execute(
+            "SELECT session_id FROM bridge_clients WHERE client_id = ? AND expires > ?",
+            (client_id, now),
+        ).fetchone()
         return row[0] if row is not None else None
 
+    def get_session_id(self, client_id: str) -> str | None:
+        return self._run(lambda db: self._mapped(db, client_id, time.time()))
+
     def lock(self, session_id: str, expire: float, timeout: float) -> tuple[str, Record | None]:
+        _, token, record = self._lock(lambda db, now: session_id, expire, timeout)
+        assert token is not None
+        return token, record
+
+    def lock_client(
+        self, client_id: str, expire: float, timeout: float
+    ) -> tuple[str | None, str | None, Record | None]:
+        """Find the client's session, lock and read it, in one transaction."""
+        return self._lock(lambda db, now: self._mapped(db, client_id, now), expire, timeout)
+
+    def _lock(
+        self,
+        target: t.Callable[[sqlite3.Connection, float], str | None],
+        expire: float,
+        timeout: float,
+    ) -> tuple[str | None, str | None, Record | None]:
         token = secrets.token_hex(16)
 
-        def attempt(db: sqlite3.Connection) -> tuple[bool, Record | None]:
+        def attempt(db: sqlite3.Connection) -> tuple[str | None, bool, Record | None]:
             now = time.time()
+            session_id = target(db, now)
+            if session_id is None:
+                return None, True, None
             taken = db.execute(
                 "INSERT INTO bridge_locks (session_id, token, expires) VALUES (?, ?, ?)"
                 " ON CONFLICT (session_id) DO UPDATE SET token = excluded.token,"
                 " expires = excluded.expires WHERE bridge_locks.expires <= ?",
                 (session_id, token, now + expire, now),
             ).rowcount
-            return taken == 1, self._read(db, session_id, now) if taken == 1 else None
+            return session_id, taken == 1, self._read(db, session_id, now) if taken else None
 
         deadline = time.monotonic() + timeout
         delay = 0.001
         while True:
-            taken, record = self._transaction(attempt)
+            session_id, taken, record = self._transaction(attempt)
+            if session_id is None:
+                return None, None, None
             if taken:
-                return token, record
+                return session_id, token, record
             if time.monotonic() >= deadline:
                 raise SessionLockTimeout(f"session lock not free after {timeout:g}s", session_id)
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
