@@ -12,8 +12,10 @@ from flask import current_app
 from flask import has_request_context
 from flask import session as flask_session
 
+from . import login
 from . import signals
 from . import sockets
+from . import tokens
 from .cli import cleanup_command
 from .exceptions import SessionLockTimeout
 from .exceptions import SessionMissing
@@ -39,7 +41,15 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("flask_session_bridge")
 
 _SOCKET_MISSING = ("allow", "reject")
-_OPTIONS = {"socket_missing", "lock_timeout", "lock_expire", "client_lifetime", "cleanup_interval"}
+_OPTIONS = {
+    "socket_missing",
+    "lock_timeout",
+    "lock_expire",
+    "client_lifetime",
+    "cleanup_interval",
+    "socket_token_lifetime",
+    "regenerate_on_login",
+}
 
 
 class SessionBridge:
@@ -65,6 +75,11 @@ class SessionBridge:
         :class:`~datetime.timedelta`. Default one year.
     :param cleanup_interval: Seconds between runs of
         :meth:`start_auto_cleanup`. Default 300.
+    :param socket_token_lifetime: Seconds a :meth:`socket_token` is good
+        for. Default 60.
+    :param regenerate_on_login: With Flask-Login, give the session a new id
+        at every ``login_user`` (and start clean when another user logs in).
+        Default ``True``.
     """
 
     def __init__(
@@ -112,6 +127,8 @@ class SessionBridge:
         config.setdefault("SESSION_BRIDGE_LOCK_EXPIRE", 30.0)
         config.setdefault("SESSION_BRIDGE_CLIENT_LIFETIME", timedelta(days=365))
         config.setdefault("SESSION_BRIDGE_CLEANUP_INTERVAL", 300.0)
+        config.setdefault("SESSION_BRIDGE_SOCKET_TOKEN_LIFETIME", 60)
+        config.setdefault("SESSION_BRIDGE_REGENERATE_ON_LOGIN", True)
 
         def option(name: str) -> t.Any:
             for given in (options, self._options):
@@ -142,6 +159,8 @@ class SessionBridge:
             lock_timeout=float(option("lock_timeout")),
             lock_expire=float(option("lock_expire")),
             client_lifetime=int(_seconds(option("client_lifetime"))),
+            socket_token_lifetime=int(_seconds(option("socket_token_lifetime"))),
+            regenerate_on_login=bool(option("regenerate_on_login")),
         )
         state.validators = self._validators
         state.cleanup_interval = _seconds(option("cleanup_interval"))
@@ -151,6 +170,7 @@ class SessionBridge:
         if socketio is not None:
             sockets.install(socketio, self._states.get)
         app.cli.add_command(cleanup_command)
+        login.connect(app)
         app.register_error_handler(StoreUnavailable, _unavailable)
         app.register_error_handler(SessionLockTimeout, _unavailable)
         app.teardown_request(_release_request_locks)
@@ -276,21 +296,32 @@ class SessionBridge:
     def regenerate(self) -> None:
         """Give the current request's session a new id and cookie, keeping its
         data; the old id is removed from the store. Call it at login, against
-        session fixation. Sockets of the session follow to the new id.
+        session fixation (with Flask-Login, ``login_user`` does). Sockets of
+        the session follow to the new id.
 
         :raise RuntimeError: outside an HTTP request.
         """
-        session = flask_session._get_current_object() if has_request_context() else None  # type: ignore[attr-defined]
-        if not isinstance(session, BridgeSession) or session.is_socket:
-            raise RuntimeError(
-                "regenerate() works in HTTP requests only: a socket cannot set"
-                " the new cookie."
-            )
+        session = _http_session("regenerate()")
         if not session.new:
             session.replaces = (t.cast(str, session.sid), session.lock_token)
             session.stored = None
             session.lock_token = None
         issue_token(session)
+
+    def socket_token(self) -> str:
+        """In a view: a short-lived signed token for a Socket.IO client that
+        cannot send this site's cookies (another origin, a native app). The
+        client passes it as ``auth={"session_token": token}`` and gets the
+        same session, following later logins, as if it had sent the cookies.
+        It names the session by its public id, so it is not a cookie and is
+        useless once expired (``SESSION_BRIDGE_SOCKET_TOKEN_LIFETIME``).
+
+        :raise RuntimeError: outside an HTTP request.
+        """
+        session = _http_session("socket_token()")
+        assert session.client_id is not None
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        return tokens.dump_socket_token(app, session.client_id, session.sid)
 
     def room(self, session_id: str) -> str:
         """The Socket.IO room holding every socket of the session."""
@@ -352,6 +383,13 @@ class SessionBridge:
         if state.cleanup_stop is not None:
             state.cleanup_stop[0] = True
             state.cleanup_stop = None
+
+
+def _http_session(what: str) -> BridgeSession:
+    session = flask_session._get_current_object() if has_request_context() else None  # type: ignore[attr-defined]
+    if not isinstance(session, BridgeSession) or session.is_socket:
+        raise RuntimeError(f"{what} works in HTTP requests only: a socket cannot set cookies.")
+    return session
 
 
 def _seconds(value: float | timedelta) -> float:

@@ -21,6 +21,7 @@ from . import tokens
 from .exceptions import SessionBridgeError
 from .exceptions import SessionMissing
 from .exceptions import StoreUnavailable
+from .login import remember_cookie_name
 from .session import BridgeSession
 from .state import room_name
 from .stores.base import lock_client
@@ -96,7 +97,7 @@ def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None])
 
         def run(*handler_args: t.Any) -> t.Any:
             if message == "connect":
-                _check_connect(state, sock, session)
+                _check_connect(state, sock, session, handler_args[0] if handler_args else None)
             result = handler(*handler_args)
             state.commit(session, link=False)
             # Written back: keeps Flask-SocketIO from calling save_session.
@@ -154,20 +155,42 @@ def _ensure_connect_handler(socketio: SocketIO) -> None:
     socketio.on("connect", namespace="*")(connect)
 
 
-def _check_connect(state: AppState, sock: SocketState, session: BridgeSession) -> None:
-    """Resolve the handshake cookies to a session (loading and validating
-    it), and refuse the socket if it has none and one is required.
+def _check_connect(
+    state: AppState, sock: SocketState, session: BridgeSession, auth: t.Any
+) -> None:
+    """Resolve the handshake's cookies (or its session token) to a session,
+    loading and validating it, and refuse the socket if it has none and one
+    is required.
     """
     app = state.app
-    name = app.session_interface.get_cookie_name(app)
-    client = tokens.unsign(
-        tokens.client_signer(app), request.cookies.get(f"{name}.cid"), state.client_lifetime
-    )
-    token = tokens.unsign(tokens.session_signer(app), request.cookies.get(name))
-    sock.client_id = tokens.public_id(client) if client else None
-    sock.candidate = tokens.public_id(token) if token else None
+    if isinstance(auth, dict) and "session_token" in auth:
+        ids = tokens.load_socket_token(app, auth["session_token"], state.socket_token_lifetime)
+        if ids is None:
+            raise ConnectionRefusedError("invalid session token")
+        sock.client_id, sock.candidate = ids
+    else:
+        name = app.session_interface.get_cookie_name(app)
+        client = tokens.unsign(
+            tokens.client_signer(app), request.cookies.get(f"{name}.cid"), state.client_lifetime
+        )
+        token = tokens.unsign(tokens.session_signer(app), request.cookies.get(name))
+        sock.client_id = tokens.public_id(client) if client else None
+        sock.candidate = tokens.public_id(token) if token else None
+    _forget_remember_cookie(app, request.environ)
     if session.sid is None and state.socket_missing == "reject":
         raise ConnectionRefusedError("session required")
+
+
+def _forget_remember_cookie(app: t.Any, environ: dict[str, t.Any]) -> None:
+    # The handshake's cookies last as long as the socket; Flask-Login would
+    # log a socket back in from a remember cookie that HTTP has since
+    # deleted. A socket's login comes from its session, which HTTP manages.
+    name = remember_cookie_name(app)
+    header = environ.get("HTTP_COOKIE", "")
+    if name is None or name not in header:
+        return
+    kept = [c for c in header.split(";") if c.strip().partition("=")[0] != name]
+    environ["HTTP_COOKIE"] = ";".join(kept)
 
 
 def _open(

@@ -38,6 +38,8 @@ class AppState:
         lock_timeout: float,
         lock_expire: float,
         client_lifetime: int,
+        socket_token_lifetime: int,
+        regenerate_on_login: bool,
     ) -> None:
         self.app = app
         self.store = store
@@ -46,6 +48,8 @@ class AppState:
         self.lock_timeout = lock_timeout
         self.lock_expire = lock_expire
         self.client_lifetime = client_lifetime
+        self.socket_token_lifetime = socket_token_lifetime
+        self.regenerate_on_login = regenerate_on_login
         self.validators: list[Validator] = []
         self.cleanup_interval = 300.0
         #: ``[stopped]`` flag of the auto-cleanup task; ``None`` when none runs.

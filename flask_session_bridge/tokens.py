@@ -12,9 +12,11 @@ import logging
 import secrets
 import typing as t
 
+from itsdangerous import BadData
 from itsdangerous import BadSignature
 from itsdangerous import Signer
 from itsdangerous import TimestampSigner
+from itsdangerous import URLSafeTimedSerializer
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -26,6 +28,7 @@ MAX_COOKIE_VALUE = 200
 
 _SESSION_SALT = "flask-session-bridge.session"
 _CLIENT_SALT = "flask-session-bridge.client"
+_SOCKET_SALT = "flask-session-bridge.socket-token"
 
 
 def new_token() -> str:
@@ -89,3 +92,33 @@ def unsign(signer: Signer, value: str | None, max_age: int | None = None) -> str
         logger.warning("refused a %s cookie with a bad or expired signature", signer.salt)
         return None
     return token.decode("ascii", "replace")
+
+
+def dump_socket_token(app: Flask, client_id: str, session_id: str | None) -> str:
+    """A signed, timestamped token naming a client and its session by their
+    public ids, for a socket that cannot send cookies.
+    """
+    serializer = URLSafeTimedSerializer(_secret_keys(app), salt=_SOCKET_SALT)
+    return serializer.dumps([client_id, session_id])
+
+
+def load_socket_token(app: Flask, value: object, max_age: int) -> tuple[str, str | None] | None:
+    """The ``(client_id, session_id)`` in a socket token, or ``None`` if it
+    is malformed, tampered with or older than ``max_age`` seconds.
+    """
+    if not isinstance(value, str) or len(value) > 2 * MAX_COOKIE_VALUE:
+        return None
+    serializer = URLSafeTimedSerializer(_secret_keys(app), salt=_SOCKET_SALT)
+    try:
+        ids = serializer.loads(value, max_age=max_age)
+    except BadData:
+        logger.warning("refused a socket token with a bad signature or too old")
+        return None
+    if (
+        isinstance(ids, list)
+        and len(ids) == 2
+        and is_public_id(ids[0])
+        and (ids[1] is None or is_public_id(ids[1]))
+    ):
+        return ids[0], ids[1]
+    return None

@@ -1,0 +1,163 @@
+"""Flask-Login in views and socket handlers; tokens for cookie-less sockets."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from flask import session
+from flask_login import LoginManager
+from flask_login import UserMixin
+from flask_login import current_user
+from flask_login import login_user
+from flask_login import logout_user
+
+from conftest import create_app
+from flask_session_bridge import login_required
+
+
+class User(UserMixin):
+    def __init__(self, name):
+        self.id = name
+
+
+@pytest.fixture
+def parts(store):
+    app, socketio, bridge = create_app(store)
+    manager = LoginManager(app)
+    manager.user_loader(User)
+
+    @app.post("/flask-login/<name>")
+    def flask_login(name):
+        session["cart"] = ["book"] if name == "ada" else session.get("cart")
+        login_user(User(name), remember=True)
+        return {"sid": session.sid, "cart": session.get("cart")}
+
+    @app.post("/flask-logout")
+    def flask_logout():
+        logout_user()
+        return "bye"
+
+    @app.get("/token")
+    def token():
+        return {"token": bridge.socket_token()}
+
+    @socketio.on("current")
+    def current():
+        return {"user": current_user.get_id() if current_user.is_authenticated else None}
+
+    @socketio.on("secret")
+    @login_required
+    def secret():
+        return f"for {current_user.get_id()}"
+
+    return app, socketio, bridge
+
+
+def test_current_user_follows_login_and_logout_without_reconnecting(parts):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    client.get("/me")
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.emit("current", callback=True) == {"user": None}
+    client.post("/flask-login/ada")
+    assert sc.emit("current", callback=True) == {"user": "ada"}
+    sc.disconnect()
+    # A socket opened now carries the remember cookie in its handshake; it
+    # must not log the socket back in after an HTTP logout.
+    assert client.get_cookie("remember_token") is not None
+    sc = socketio.test_client(app, flask_test_client=client)
+    client.post("/flask-logout")
+    assert sc.emit("current", callback=True) == {"user": None}
+    client.post("/flask-login/bob")
+    assert sc.emit("current", callback=True) == {"user": "bob"}
+
+
+def test_login_required_refuses_the_event_not_the_connection(parts):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    client.get("/me")
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.emit("secret", callback=True) == {"error": "Unauthorized", "message": "login required"}
+    assert sc.is_connected()
+    client.post("/flask-login/ada")
+    assert sc.emit("secret", callback=True) == "for ada"
+
+
+def test_login_user_renews_the_session_id(parts):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    client.post("/inc")
+    before = client.get("/me").json["sid"]
+    after = client.post("/flask-login/ada").json["sid"]
+    assert after != before
+    with app.app_context():
+        assert bridge.get_by_id(before) is None
+        assert bridge.get_by_id(after)["n"] == 1  # the data moved with it
+
+
+def test_login_as_another_user_starts_clean(parts):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    assert client.post("/flask-login/ada").json["cart"] == ["book"]
+    reply = client.post("/flask-login/bob").json
+    assert reply["cart"] is None
+    assert client.get("/me").json["n"] is None
+
+
+def test_renewal_at_login_can_be_turned_off(store):
+    app, socketio, bridge = create_app(store, regenerate_on_login=False)
+    LoginManager(app).user_loader(User)
+
+    @app.post("/flask-login")
+    def flask_login():
+        login_user(User("ada"))
+        return {"sid": session.sid}
+
+    client = app.test_client()
+    client.post("/inc")
+    before = client.get("/me").json["sid"]
+    assert client.post("/flask-login").json["sid"] == before
+
+
+def test_socket_token_gives_the_session_without_cookies(parts):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    client.post("/login/alice")
+    token = client.get("/token").json["token"]
+    sc = socketio.test_client(app, auth={"session_token": token})  # no cookies
+    assert sc.is_connected()
+    assert sc.emit("whoami", callback=True)["user"] == "alice"
+    assert sc.emit("inc", callback=True) == 1
+    assert client.get("/me").json["n"] == 1
+    client.post("/login/bob")  # renewal: the token's socket follows its client
+    assert sc.emit("whoami", callback=True)["user"] == "bob"
+
+
+def test_socket_token_for_anonymous_client_follows_later_login(parts):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    token = client.get("/token").json["token"]
+    sc = socketio.test_client(app, auth={"session_token": token})
+    assert sc.emit("whoami", callback=True)["user"] is None
+    client.post("/login/alice")
+    assert sc.emit("whoami", callback=True)["user"] == "alice"
+
+
+@pytest.mark.parametrize("mangle", ["tampered", "garbage", "expired", "not-a-string"])
+def test_bad_socket_tokens_are_refused(parts, monkeypatch, mangle):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    client.post("/login/alice")
+    token = client.get("/token").json["token"]
+    if mangle == "tampered":
+        token = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    elif mangle == "garbage":
+        token = "x" * 50
+    elif mangle == "expired":
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    else:
+        token = {"nested": token}
+    sc = socketio.test_client(app, auth={"session_token": token})
+    assert not sc.is_connected()
