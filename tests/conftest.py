@@ -195,6 +195,12 @@ def client(app):
 
 
 @pytest.fixture
+def raw_client(app):
+    """An HTTP client that sends the Cookie header it is given, as is."""
+    return app.test_client(use_cookies=False)
+
+
+@pytest.fixture
 def socket_client(app, socketio, client):
     """A Socket.IO test client sharing the HTTP client's cookies."""
     clients = []

@@ -207,8 +207,8 @@ def test_untouched_request_does_no_store_io(app, client, request):
     ["garbage", "", "a.b", "x" * 5000, "tampered.signature", "%C3%A9%3B", "%00abc"],
     ids=["garbage", "empty", "dotted", "oversized", "unsigned", "non-ascii", "nul"],
 )
-def test_bad_session_cookies_mean_no_session_and_no_store_read(client, store_calls, value):
-    response = client.get("/me", headers={"Cookie": f"session={value}"})
+def test_bad_session_cookies_mean_no_session_and_no_store_read(raw_client, store_calls, value):
+    response = raw_client.get("/me", headers={"Cookie": f"session={value}"})
     assert response.status_code == 200
     assert response.json["sid"] is None
     assert store_calls == []

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import create_app
 from flask import session
-from flask_login import LoginManager
-from flask_login import UserMixin
 from flask_login import current_user
 from flask_login import login_user
+from flask_login import LoginManager
 from flask_login import logout_user
+from flask_login import UserMixin
 
-from conftest import create_app
 from flask_session_bridge import login_required
 
 
@@ -78,7 +78,8 @@ def test_login_required_refuses_the_event_not_the_connection(parts):
     client = app.test_client()
     client.get("/me")
     sc = socketio.test_client(app, flask_test_client=client)
-    assert sc.emit("secret", callback=True) == {"error": "Unauthorized", "message": "login required"}
+    refused = {"error": "Unauthorized", "message": "login required"}
+    assert sc.emit("secret", callback=True) == refused
     assert sc.is_connected()
     client.post("/flask-login/ada")
     assert sc.emit("secret", callback=True) == "for ada"

@@ -81,7 +81,7 @@ class MemoryStore:
             is_new = self._live_session(session_id, now) is None
             self._sessions[session_id] = (record, now + max_age)
             mapped = self._clients.get(record.client_id)
-            if link or (mapped is not None and mapped[0] == session_id):
+            if link or (mapped is not None and mapped[0] == session_id and mapped[1] > now):
                 self._clients[record.client_id] = (session_id, now + max_age)
             self._unlock(session_id, token)
             return is_new
@@ -94,7 +94,7 @@ class MemoryStore:
                 if record is not None:
                     self._sessions[session_id] = (record, now + max_age)
                     mapped = self._clients.get(record.client_id)
-                    if mapped is not None and mapped[0] == session_id:
+                    if mapped is not None and mapped[0] == session_id and mapped[1] > now:
                         self._clients[record.client_id] = (session_id, now + max_age)
             self._unlock(session_id, token)
 

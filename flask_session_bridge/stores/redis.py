@@ -47,9 +47,12 @@ redis.call('DEL', KEYS[1])
 return 1 - existed
 """
 
+# A value without a newline was not written by this store: it names no client.
 _CLIENT_KEY = """
 local function client_key(value)
-    return ARGV[3] .. string.sub(value, 1, string.find(value, '\\n', 1, true) - 1)
+    local cut = string.find(value, '\\n', 1, true)
+    if not cut then return ARGV[3] end
+    return ARGV[3] .. string.sub(value, 1, cut - 1)
 end
 """
 
@@ -98,16 +101,24 @@ class RedisStore:
     """Sessions in Redis, under ``prefix``, with native expiry.
 
     Built from a URL, the store's connection pool waits for a free
-    connection (up to 20 s) instead of failing under load, and a Redis that
-    stops answering fails within 5 s. Pass your own :class:`redis.Redis` for
-    Sentinel, TLS or other settings; with Redis Cluster use a prefix with a
-    hash tag (``"{sessions}:"``) so a session's keys share a slot.
+    connection (up to 20 s) instead of failing under load, and a call to a
+    Redis that stops answering fails after 5 s, without retries (a script
+    run twice could report a lost lock). Options in the URL's query
+    (``?max_connections=10&socket_timeout=2``) win over these defaults. Pass
+    your own :class:`redis.Redis` for Sentinel, TLS or other settings; it is
+    used as it is. With Redis Cluster use a prefix with a hash tag
+    (``"{sessions}:"``): the scripts touch a session's keys and its client's
+    mapping together, so they must share a slot.
 
-    Redis expires keys itself, so :meth:`cleanup` finds nothing to remove.
+    Redis expires keys itself, so :meth:`cleanup` finds nothing to remove and
+    returns an empty list; a session's end by expiry is noticed when it is
+    next read.
 
-    :param client_or_url: A ``redis://`` URL or a :class:`redis.Redis`.
+    :param client_or_url: A ``redis://``, ``rediss://`` or ``unix://`` URL,
+        or a :class:`redis.Redis`.
     :param prefix: Prefix of every key the store writes.
     :param max_connections: Pool size when built from a URL.
+    :raise ImportError: redis-py is not installed.
     """
 
     def __init__(
@@ -118,6 +129,8 @@ class RedisStore:
     ) -> None:
         try:
             import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
         except ImportError as e:
             raise ImportError(
                 "RedisStore needs redis-py: pip install 'flask_session_bridge[redis]'"
@@ -130,6 +143,7 @@ class RedisStore:
                 timeout=20,
                 socket_timeout=5,
                 socket_connect_timeout=5,
+                retry=Retry(NoBackoff(), 0),
             )
             self.client: redis.Redis = redis.Redis(connection_pool=pool)
         else:

@@ -35,11 +35,25 @@ class SQLiteStore:
     rows, so they hold across the processes of one host, and a crashed
     holder's lock expires. Expiry is indexed: cleanup reads only expired rows.
 
+    Times are wall-clock (:func:`time.time`), since several processes share
+    the file. Each thread (green thread under eventlet or gevent) opens its
+    own connection on first use.
+
     :param path: The database file; its folder is created if missing.
+    :param timeout: How long a write waits for another connection's write
+        to finish (SQLite's busy timeout) before failing with
+        :class:`~flask_session_bridge.StoreUnavailable`. Writes are short,
+        so this only runs out when something holds the database for long.
+    :raise StoreUnavailable: the file cannot be opened or created.
     """
 
-    def __init__(self, path: str) -> None:
+    #: Expired sessions removed per transaction by :meth:`cleanup`, so a
+    #: large cleanup never holds the database for long.
+    cleanup_batch = 1000
+
+    def __init__(self, path: str, *, timeout: float = 10.0) -> None:
         self.path = path
+        self.timeout = timeout
         self._local = threading.local()
         folder = os.path.dirname(os.path.abspath(path))
         try:
@@ -52,9 +66,17 @@ class SQLiteStore:
         # One connection per thread (green thread under eventlet).
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            # Autocommit mode: transactions are begun explicitly, as IMMEDIATE
+            # where a read decides a write.
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                # In WAL mode, NORMAL loses no commit on a crash of the
+                # process, only (possibly) the last ones on a power cut.
+                db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error:
+                db.close()
+                raise
             self._local.db = db
         return db
 
@@ -69,10 +91,13 @@ class SQLiteStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = work(db)
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite may have rolled back already (disk full, I/O error);
+                # a transaction left open would break every later call.
+                if db.in_transaction:
+                    db.rollback()
                 raise
-            db.execute("COMMIT")
             return result
 
         return self._run(run)
@@ -223,17 +248,36 @@ class SQLiteStore:
         return self._transaction(write)
 
     def cleanup(self) -> list[tuple[str, str]]:
-        def write(db: sqlite3.Connection) -> list[tuple[str, str]]:
-            now = time.time()
-            expired = [
-                (row[0], row[1])
-                for row in db.execute(
-                    "DELETE FROM bridge_sessions WHERE expires <= ? RETURNING id, client_id",
-                    (now,),
-                )
-            ]
-            db.execute("DELETE FROM bridge_clients WHERE expires <= ?", (now,))
-            db.execute("DELETE FROM bridge_locks WHERE expires <= ?", (now,))
-            return expired
+        now = time.time()
+        batch = self.cleanup_batch
 
-        return self._transaction(write)
+        def sessions(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            # The expires index makes this read only expired rows.
+            rows = db.execute(
+                "SELECT id, client_id FROM bridge_sessions WHERE expires <= ? LIMIT ?",
+                (now, batch),
+            ).fetchall()
+            db.executemany("DELETE FROM bridge_sessions WHERE id = ?", [(row[0],) for row in rows])
+            return [(row[0], row[1]) for row in rows]
+
+        def clients(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "DELETE FROM bridge_clients WHERE client_id IN"
+                " (SELECT client_id FROM bridge_clients WHERE expires <= ? LIMIT ?)",
+                (now, batch),
+            ).rowcount
+
+        removed: list[tuple[str, str]] = []
+        while True:
+            found = self._transaction(sessions)
+            removed.extend(found)
+            if len(found) < batch:
+                break
+            # Let other threads, green threads and processes write between
+            # batches.
+            time.sleep(0)
+        while self._transaction(clients) == batch:
+            time.sleep(0)
+        # Locks are deleted on release: only those of crashed holders are left.
+        self._run(lambda db: db.execute("DELETE FROM bridge_locks WHERE expires <= ?", (now,)))
+        return removed

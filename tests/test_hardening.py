@@ -1,0 +1,333 @@
+"""Bad input, attacks and edge cases, on every store: each asserts what the
+user sees and that nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from conftest import create_app
+from flask import session
+from hypothesis import given
+from hypothesis import HealthCheck
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from flask_session_bridge import tokens
+from flask_session_bridge.stores.base import Record
+
+
+def session_count(bridge, app, sids):
+    with app.app_context():
+        return sum(bridge.get_by_id(sid) is not None for sid in sids)
+
+
+def test_tampered_cookie_logs_a_security_line(raw_client, store_calls, caplog):
+    with caplog.at_level(logging.WARNING, logger="flask_session_bridge"):
+        raw_client.get("/me", headers={"Cookie": "session=forged.signature"})
+    assert store_calls == []
+    assert any("bad or expired signature" in r.getMessage() for r in caplog.records)
+
+
+def test_read_only_and_logout_requests_create_no_rows(app, bridge):
+    saved = []
+    from flask_session_bridge import signals
+
+    client = app.test_client()
+    with signals.session_saved.connected_to(lambda s, **kw: saved.append(kw), app):
+        for _ in range(2000):
+            client.get("/me")
+            client.post("/logout")
+    assert saved == []
+    assert client.get_cookie("session") is None
+
+
+def test_well_signed_unknown_session_is_anonymous(app, client):
+    forged = tokens.session_signer(app).sign(tokens.new_token()).decode()
+    client.set_cookie("session", forged)
+    assert client.get("/me").json == {"user": None, "n": None, "items": None, "sid": None}
+
+
+def test_tampered_client_cookie_gets_a_new_client_id(app, client, socketio):
+    client.post("/login/alice")
+    value = client.get_cookie("session.cid").value
+    other = app.test_client()
+    other.set_cookie("session.cid", value[:-3] + "AAA")
+    response = other.get("/me")
+    assert other.get_cookie("session.cid").value != value
+    assert response.json["user"] is None
+    sc = socketio.test_client(app, flask_test_client=other)
+    assert sc.emit("whoami", callback=True)["user"] is None
+
+
+def test_secret_rotation(store):
+    app, socketio, bridge = create_app(store)
+    client = app.test_client()
+    client.post("/login/alice")
+    app.config.update(SECRET_KEY="new secret", SECRET_KEY_FALLBACKS=["test secret"])
+    assert client.get("/me").json["user"] == "alice"
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.emit("whoami", callback=True)["user"] == "alice"
+    app.config["SECRET_KEY_FALLBACKS"] = []
+    assert client.get("/me").json["user"] is None
+
+
+def test_unserializable_value_over_socket_is_an_error_ack(client, socketio, app, bridge):
+    @socketio.on("bad")
+    def bad():
+        session["n"] = 7
+        session["when"] = object()
+
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+    ack = sc.emit("bad", callback=True)
+    assert ack["error"] == "SessionValueError" and "'when'" in ack["message"]
+    assert sc.is_connected()
+    assert client.get("/me").json["n"] is None
+
+
+def test_nested_unserializable_value_fails_at_write_back(client, socketio, app):
+    @socketio.on("nested-bad")
+    def nested_bad():
+        session["items"] = []
+        session["items"].append({1, 2})
+
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+    ack = sc.emit("nested-bad", callback=True)
+    assert ack["error"] == "SessionValueError" and "'items'" in ack["message"]
+    assert client.get("/me").json["items"] is None
+
+
+def test_corrupt_stored_payload_is_an_empty_session(app, client, bridge, store, caplog):
+    sid = client.post("/login/alice").json["sid"]
+    with app.app_context():
+        client_id = bridge.get_client_id(sid)
+    token, _ = store.lock(sid, 5, 5)
+    store.save(sid, Record(client_id, "{not json"), 60, token, True)
+    with caplog.at_level(logging.ERROR, logger="flask_session_bridge"):
+        response = client.get("/me")
+    assert response.status_code == 200 and response.json["user"] is None
+    assert any("corrupt" in r.getMessage() for r in caplog.records)
+    client.post("/inc")
+    assert client.get("/me").json["n"] == 1
+
+
+def test_set_cookie_headers_stay_under_4kb(app, client):
+    @app.post("/big")
+    def big():
+        session["blob"] = "x" * 100_000
+        session.permanent = True
+        return "ok"
+
+    app.config.update(SESSION_COOKIE_DOMAIN="example.test", SESSION_COOKIE_SECURE=True)
+    response = client.post("/big", base_url="https://example.test")
+    cookies = response.headers.getlist("Set-Cookie")
+    assert cookies and all(len(c) < 4096 for c in cookies)
+
+
+def test_cookie_flags_and_deletion(app):
+    app.config.update(
+        SESSION_COOKIE_DOMAIN="example.test",
+        SESSION_COOKIE_PATH="/app",
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=True,
+    )
+    client = app.test_client()
+    base = "https://example.test/app"
+    created = client.post("/login/alice", base_url=base).headers.getlist("Set-Cookie")
+    deleted = client.post("/logout", base_url=base).headers.getlist("Set-Cookie")
+    for header in (*created, *deleted):
+        for flag in ("HttpOnly", "Secure", "Domain=example.test", "Path=/app", "SameSite=Strict"):
+            assert flag in header, (flag, header)
+    assert any(h.startswith("session=;") and "Expires=Thu, 01 Jan 1970" in h for h in deleted)
+
+
+def test_vary_cookie_on_in_and_refresh(app, client):
+    @app.get("/has")
+    def has():
+        return {"has": "user" in session}
+
+    @app.post("/remember")
+    def remember():
+        session.permanent = True
+        session["user"] = "alice"
+        return "ok"
+
+    assert "Cookie" in client.get("/has").headers["Vary"]
+    client.post("/remember")
+    refreshed = client.get("/me")
+    assert "Cookie" in refreshed.headers["Vary"]
+    assert any(c.startswith("session=") for c in refreshed.headers.getlist("Set-Cookie"))
+
+
+def test_ids_are_random_and_independent():
+    ids = {tokens.public_id(tokens.new_token()) for _ in range(1_000_000)}
+    assert len(ids) == 1_000_000
+    token = tokens.new_token()
+    assert len(tokens.public_id(token)) == 64 and len(token) >= 43  # 256 bits
+
+
+def test_no_pickle_on_the_storage_path(client, app, bridge, store):
+    from datetime import datetime
+    from datetime import timezone
+    from uuid import UUID
+
+    @app.post("/rich")
+    def rich():
+        session.update(
+            when=datetime(2026, 1, 2, tzinfo=timezone.utc),
+            pair=(1, 2),
+            raw=b"\x00\x01",
+            uid=UUID(int=5),
+        )
+        return {"sid": session.sid}
+
+    sid = client.post("/rich").json["sid"]
+    raw = store.get(sid).data
+    assert raw.startswith("{") and "pickle" not in raw and "\\x80" not in raw
+    with app.app_context():
+        data = bridge.get_by_id(sid)
+    assert data["pair"] == (1, 2) and data["raw"] == b"\x00\x01" and data["uid"] == UUID(int=5)
+
+
+def test_logout_during_running_socket_handler_is_not_undone(app, socketio, client):
+    started, release = threading.Event(), threading.Event()
+
+    @socketio.on("slow")
+    def slow():
+        session["n"] = 100
+        started.set()
+        release.wait(10)
+        return "done"
+
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+    worker = threading.Thread(target=lambda: sc.emit("slow", callback=True))
+    worker.start()
+    assert started.wait(10)
+    logout = threading.Thread(target=lambda: client.post("/logout"))
+    logout.start()
+    time.sleep(0.2)
+    release.set()
+    worker.join(10)
+    logout.join(10)
+    assert client.get("/me").json == {"user": None, "n": None, "items": None, "sid": None}
+
+
+def test_concurrent_appends_from_http_and_socket_keep_every_item(app, socketio, client):
+    @app.post("/append/<item>")
+    def append(item):
+        session.setdefault("items", []).append(item)
+        return "ok"
+
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+
+    def http_worker():
+        for i in range(50):
+            client.post(f"/append/h{i}")
+
+    thread = threading.Thread(target=http_worker)
+    thread.start()
+    for i in range(50):
+        sc.emit("append", f"s{i}", callback=True)
+    thread.join(60)
+    items = client.get("/me").json["items"]
+    assert sorted(items) == sorted([f"h{i}" for i in range(50)] + [f"s{i}" for i in range(50)])
+
+
+def test_lock_released_when_handler_raises_and_other_sessions_never_blocked(app, socketio, bridge):
+    @socketio.on("raise")
+    def fail():
+        session["n"] = 1
+        raise RuntimeError("boom")
+
+    socketio.on_error_default(lambda e: {"error": str(e)})
+    state = bridge._states[app]
+    state.lock_timeout = 0.5
+    alice, bob = app.test_client(), app.test_client()
+    alice.post("/login/alice")
+    bob.post("/login/bob")
+    sc = socketio.test_client(app, flask_test_client=alice)
+    assert sc.emit("raise", callback=True) == {"error": "boom"}
+    assert alice.post("/inc").json["n"] == 1  # not blocked: the lock was released
+    sid = alice.get("/me").json["sid"]
+    with app.app_context(), bridge.session_scope(sid):
+        assert bob.post("/inc").status_code == 200  # another session: never waits
+        assert alice.post("/inc").status_code == 503
+
+
+def test_expired_session_at_connect_and_while_connected(store):
+    app, socketio, bridge = create_app(store)
+    app.permanent_session_lifetime = 1
+    client = app.test_client()
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.emit("whoami", callback=True)["user"] == "alice"
+    sc.get_received()
+    time.sleep(1.2)
+    assert sc.emit("whoami", callback=True)["user"] is None
+    assert [e["args"][0] for e in sc.get_received()] == [{"reason": "expired"}]
+    late = socketio.test_client(app, flask_test_client=client)
+    assert late.is_connected() and late.emit("whoami", callback=True)["user"] is None
+
+    app2, socketio2, _ = create_app(store, socket_missing="reject")
+    app2.permanent_session_lifetime = 1
+    client2 = app2.test_client()
+    client2.post("/login/alice")
+    time.sleep(1.2)
+    assert not socketio2.test_client(app2, flask_test_client=client2).is_connected()
+
+
+def test_refused_connects_leave_no_state():
+    # The Engine.IO side is python-socketio's (its test client never closes
+    # refused connections); what the bridge keeps is in the store.
+    from flask_session_bridge import MemoryStore
+
+    store = MemoryStore()
+    app, socketio, bridge = create_app(store, socket_missing="reject")
+    client = app.test_client()
+    client.post("/login/alice")
+    client.post("/logout")  # a stale session cookie and a client cookie
+    for _ in range(10_000):
+        sc = socketio.test_client(app, flask_test_client=client)
+        assert not sc.is_connected()
+    assert store._locks == {} and store._sessions == {} and store._clients == {}
+
+
+# The app is built once per test; each example makes its own clients.
+FIXTURE_REUSE = HealthCheck.function_scoped_fixture
+
+cookie_values = st.text(
+    alphabet=st.characters(codec="latin-1", exclude_characters=";,\r\n"), max_size=300
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[FIXTURE_REUSE])
+@given(session_value=cookie_values, client_value=cookie_values)
+def test_fuzz_cookie_headers(app, session_value, client_value):
+    client = app.test_client(use_cookies=False)
+    header = f"session={session_value}; session.cid={client_value}"
+    response = client.get("/me", headers={"Cookie": header})
+    assert response.status_code == 200
+    assert response.json["user"] is None
+
+
+auth_payloads = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=200),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["session_token", "token", "x"]), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[FIXTURE_REUSE])
+@given(auth=auth_payloads, cookie=cookie_values)
+def test_fuzz_socket_auth_and_cookies(app, socketio, auth, cookie):
+    sc = socketio.test_client(app, auth=auth, headers={"Cookie": f"session={cookie}"})
+    if sc.is_connected():
+        assert sc.emit("whoami", callback=True)["user"] is None
+        sc.disconnect()

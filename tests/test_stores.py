@@ -1,0 +1,588 @@
+"""The store contract, run over every store (memory, SQLite, Redis), and what
+only the SQLite and Redis stores promise: several processes, a server that
+goes away, a pool that waits.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from conftest import RedisServer
+
+from flask_session_bridge import SessionLockTimeout
+from flask_session_bridge import StoreUnavailable
+from flask_session_bridge.stores.base import lock_client
+from flask_session_bridge.stores.base import Record
+from flask_session_bridge.stores.redis import RedisStore
+from flask_session_bridge.stores.sqlite import SQLiteStore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def new_id() -> str:
+    """An id shaped like the bridge's public ids."""
+    return secrets.token_hex(32)
+
+
+def put(store, session_id, client_id, data="{}", max_age=60.0, link=True):
+    """Lock, write and unlock, as the bridge does; returns ``is_new``."""
+    token, _ = store.lock(session_id, 5.0, 2.0)
+    return store.save(session_id, Record(client_id, data), max_age, token, link)
+
+
+def assert_held(store, session_id):
+    with pytest.raises(SessionLockTimeout):
+        store.lock(session_id, 5.0, 0)
+
+
+def assert_free(store, session_id):
+    token, _ = store.lock(session_id, 5.0, 0)
+    store.release(session_id, token, None)
+
+
+# The contract, on every store.
+
+
+def test_lock_reads_the_session_in_the_same_step(store):
+    s, c = new_id(), new_id()
+    token, record = store.lock(s, 5.0, 1.0)
+    assert isinstance(token, str)
+    assert record is None  # a session need not exist to be locked
+    store.release(s, token, None)
+    put(store, s, c, '{"user":"alice"}')
+    other, record = store.lock(s, 5.0, 1.0)
+    assert record == Record(c, '{"user":"alice"}')
+    assert other != token
+
+
+def test_data_round_trips_exactly(store):
+    s, c = new_id(), new_id()
+    data = '{"text":"line\\nnext","u":"\u00e9\u2603\U0001f600"}\nraw newline\n' + "x" * 100_000
+    put(store, s, c, data)
+    assert store.get(s) == Record(c, data)
+    assert store.get(new_id()) is None
+
+
+def test_a_held_lock_makes_others_wait_then_time_out(store):
+    s = new_id()
+    store.lock(s, 5.0, 1.0)
+    start = time.monotonic()
+    with pytest.raises(SessionLockTimeout) as info:
+        store.lock(s, 5.0, 0.2)
+    elapsed = time.monotonic() - start
+    assert 0.19 <= elapsed < 2.0
+    assert info.value.session_id == s
+
+
+def test_locks_are_per_session(store):
+    s1, s2 = new_id(), new_id()
+    store.lock(s1, 5.0, 1.0)
+    assert_free(store, s2)
+
+
+def test_a_waiter_gets_the_lock_and_the_holders_write(store):
+    s, c = new_id(), new_id()
+    locked = threading.Event()
+
+    def holder():
+        token, _ = store.lock(s, 5.0, 1.0)
+        locked.set()
+        time.sleep(0.2)
+        store.save(s, Record(c, "written by holder"), 60.0, token, True)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert locked.wait(5)
+    start = time.monotonic()
+    _, record = store.lock(s, 5.0, 5.0)
+    assert time.monotonic() - start >= 0.1
+    assert record == Record(c, "written by holder")
+    thread.join()
+
+
+def test_no_update_is_lost_under_contention(store):
+    s, c = new_id(), new_id()
+    put(store, s, c, "0")
+    errors = []
+
+    def work():
+        try:
+            for _ in range(5):
+                token, record = store.lock(s, 5.0, 10.0)
+                store.save(s, Record(c, str(int(record.data) + 1)), 60.0, token, False)
+        except Exception as e:  # reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.get(s) == Record(c, "40")
+
+
+def test_an_expired_lock_is_free_again(store):
+    # Its holder crashed, or is too slow: the next one takes the lock, and the
+    # old holder can no longer write.
+    s, c = new_id(), new_id()
+    put(store, s, c, "before")
+    stale, _ = store.lock(s, 0.2, 1.0)
+    start = time.monotonic()
+    fresh, record = store.lock(s, 5.0, 3.0)
+    assert 0.1 <= time.monotonic() - start < 2.0
+    assert record == Record(c, "before")
+    with pytest.raises(SessionLockTimeout):
+        store.save(s, Record(c, "stale write"), 60.0, stale, True)
+    assert store.get(s) == Record(c, "before")
+    assert_held(store, s)  # the stale save did not release the new holder's lock
+    store.save(s, Record(c, "fresh write"), 60.0, fresh, True)
+    assert store.get(s) == Record(c, "fresh write")
+
+
+def test_save_with_an_expired_token_writes_nothing(store):
+    s, c, other_client = new_id(), new_id(), new_id()
+    put(store, s, c, "old")
+    token, _ = store.lock(s, 0.2, 1.0)
+    time.sleep(0.3)
+    with pytest.raises(SessionLockTimeout) as info:
+        store.save(s, Record(other_client, "new"), 60.0, token, True)
+    assert info.value.session_id == s
+    assert store.get(s) == Record(c, "old")
+    assert store.get_session_id(other_client) is None
+    assert store.get_session_id(c) == s
+
+
+def test_save_with_a_foreign_token_writes_nothing_and_keeps_the_lock(store):
+    s, c = new_id(), new_id()
+    token, _ = store.lock(s, 5.0, 1.0)
+    with pytest.raises(SessionLockTimeout):
+        store.save(s, Record(c, "intruder"), 60.0, secrets.token_hex(16), True)
+    assert store.get(s) is None
+    assert store.get_session_id(c) is None
+    assert_held(store, s)
+    assert store.save(s, Record(c, "holder"), 60.0, token, True) is True
+
+
+def test_save_says_whether_it_created_the_record(store):
+    s, c = new_id(), new_id()
+    assert put(store, s, c, "1") is True
+    assert put(store, s, c, "2") is False
+    token, _ = store.lock(s, 5.0, 1.0)
+    store.delete(s, token)
+    assert put(store, s, c, "3", max_age=0.2) is True
+    time.sleep(0.3)
+    assert put(store, s, c, "4") is True  # the old one had expired
+
+
+def test_save_releases_the_lock(store):
+    s, c = new_id(), new_id()
+    put(store, s, c)
+    assert_free(store, s)
+
+
+def test_a_linking_save_points_the_client_at_the_session(store):
+    s1, s2, c = new_id(), new_id(), new_id()
+    assert store.get_session_id(c) is None
+    put(store, s1, c, link=True)
+    assert store.get_session_id(c) == s1
+    put(store, s2, c, link=True)
+    assert store.get_session_id(c) == s2
+    assert store.get(s1) == Record(c, "{}")  # the old session is left alone
+
+
+def test_an_unlinked_save_neither_creates_nor_repoints_the_mapping(store):
+    s1, s2, c = new_id(), new_id(), new_id()
+    put(store, s1, c, link=False)
+    assert store.get_session_id(c) is None
+    put(store, s1, c, link=True)
+    put(store, s2, c, link=False)
+    assert store.get_session_id(c) == s1
+
+
+def test_an_unlinked_save_refreshes_a_mapping_that_points_here(store):
+    s, c = new_id(), new_id()
+    put(store, s, c, max_age=1.5, link=True)
+    time.sleep(0.9)
+    put(store, s, c, max_age=1.5, link=False)
+    time.sleep(0.9)
+    assert store.get_session_id(c) == s
+    assert store.get(s) is not None
+
+
+def test_release_with_max_age_touches_session_and_mapping(store):
+    touched, untouched = (new_id(), new_id()), (new_id(), new_id())
+    put(store, *touched, max_age=1.5)
+    put(store, *untouched, max_age=1.5)
+    time.sleep(0.9)
+    for s, _ in (touched, untouched):
+        token, _ = store.lock(s, 5.0, 1.0)
+        store.release(s, token, 1.5 if s == touched[0] else None)
+        assert_free(store, s)
+    time.sleep(0.9)
+    assert store.get(touched[0]) == Record(touched[1], "{}")
+    assert store.get_session_id(touched[1]) == touched[0]
+    assert store.get(untouched[0]) is None
+    assert store.get_session_id(untouched[1]) is None
+
+
+def test_release_leaves_a_mapping_that_points_elsewhere(store):
+    s1, s2, c = new_id(), new_id(), new_id()
+    put(store, s1, c, max_age=0.5)
+    put(store, s2, c, max_age=0.5)
+    time.sleep(0.3)
+    token, _ = store.lock(s1, 5.0, 1.0)
+    store.release(s1, token, 60.0)
+    time.sleep(0.3)
+    assert store.get(s1) is not None
+    assert store.get_session_id(c) is None  # s2's mapping expired with s2
+
+
+def test_a_stale_token_neither_touches_nor_unlocks(store):
+    s, c = new_id(), new_id()
+    put(store, s, c, max_age=0.5)
+    stale, _ = store.lock(s, 0.1, 1.0)
+    time.sleep(0.15)
+    store.lock(s, 5.0, 0)
+    store.release(s, stale, 60.0)
+    assert_held(store, s)
+    time.sleep(0.45)
+    assert store.get(s) is None
+
+
+def test_delete_removes_the_session_and_its_mapping(store):
+    s, c = new_id(), new_id()
+    put(store, s, c, "data")
+    token, _ = store.lock(s, 5.0, 1.0)
+    assert store.delete(s, token) == Record(c, "data")
+    assert store.get(s) is None
+    assert store.get_session_id(c) is None
+    assert_free(store, s)
+    token, _ = store.lock(s, 5.0, 1.0)
+    assert store.delete(s, token) is None
+    assert_free(store, s)
+
+
+def test_delete_leaves_a_mapping_that_points_elsewhere(store):
+    s1, s2, c = new_id(), new_id(), new_id()
+    put(store, s1, c, "one")
+    put(store, s2, c, "two")
+    token, _ = store.lock(s1, 5.0, 1.0)
+    assert store.delete(s1, token) == Record(c, "one")
+    assert store.get_session_id(c) == s2
+    assert store.get(s2) == Record(c, "two")
+
+
+def test_sessions_expire_and_cleanup_removes_exactly_the_expired(store):
+    old, old_client = new_id(), new_id()
+    live, live_client = new_id(), new_id()
+    put(store, old, old_client, "old", max_age=0.2)
+    put(store, live, live_client, "live", max_age=60.0)
+    time.sleep(0.3)
+    # Invisible before any cleanup.
+    assert store.get(old) is None
+    assert store.get_session_id(old_client) is None
+    token, record = store.lock(old, 5.0, 1.0)
+    assert record is None
+    store.release(old, token, None)
+
+    removed = store.cleanup()
+    assert isinstance(removed, list)
+    if isinstance(store, RedisStore):
+        assert removed == []  # Redis expired the keys itself
+    else:
+        assert removed == [(old, old_client)]
+        assert store.cleanup() == []
+    assert store.get(old) is None
+    assert store.get(live) == Record(live_client, "live")
+    assert store.get_session_id(live_client) == live
+
+
+def test_lock_client_finds_locks_and_reads_the_clients_session(store):
+    c = new_id()
+    assert lock_client(store, c, 5.0, 1.0) == (None, None, None)
+    s1, s2 = new_id(), new_id()
+    put(store, s1, c, "one")
+    session_id, token, record = lock_client(store, c, 5.0, 1.0)
+    assert (session_id, record) == (s1, Record(c, "one"))
+    assert_held(store, s1)
+    store.release(s1, token, None)
+    put(store, s2, c, "two")
+    assert lock_client(store, c, 5.0, 1.0)[::2] == (s2, Record(c, "two"))
+    with pytest.raises(SessionLockTimeout):
+        lock_client(store, c, 5.0, 0.1)
+
+
+def test_lock_client_ignores_an_expired_mapping(store):
+    s, c = new_id(), new_id()
+    put(store, s, c, max_age=0.2)
+    time.sleep(0.3)
+    assert lock_client(store, c, 5.0, 1.0) == (None, None, None)
+
+
+# SQLite: one file, several processes.
+
+
+def test_sqlite_data_and_locks_survive_reopening(tmp_path):
+    path = str(tmp_path / "sessions.db")
+    first = SQLiteStore(path)
+    s, c = new_id(), new_id()
+    put(first, s, c, "kept")
+    token, _ = first.lock(s, 5.0, 1.0)
+
+    second = SQLiteStore(path)
+    assert second.get(s) == Record(c, "kept")
+    assert second.get_session_id(c) == s
+    assert_held(second, s)
+    first.release(s, token, None)
+    assert_free(second, s)
+
+
+def test_sqlite_creates_the_folder(tmp_path):
+    path = tmp_path / "instance" / "deeper" / "sessions.db"
+    store = SQLiteStore(str(path))
+    put(store, new_id(), new_id())
+    assert path.exists()
+
+
+CHILD = """
+import sys, time
+from flask_session_bridge.stores.base import Record
+from flask_session_bridge.stores.sqlite import SQLiteStore
+
+store = SQLiteStore(sys.argv[1])
+token, _ = store.lock(sys.argv[2], 10.0, 5.0)
+print("locked", flush=True)
+time.sleep(0.5)
+store.save(sys.argv[2], Record("child", "written by child"), 60.0, token, True)
+"""
+
+
+def test_sqlite_lock_holds_across_processes(tmp_path):
+    path = str(tmp_path / "sessions.db")
+    store = SQLiteStore(path)
+    s = new_id()
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD, path, s], stdout=subprocess.PIPE, text=True, env=env
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(SessionLockTimeout):
+            store.lock(s, 5.0, 0.1)
+        _, record = store.lock(s, 5.0, 10.0)
+        assert record == Record("child", "written by child")
+        assert child.wait(10) == 0
+
+
+def test_sqlite_unusable_path_is_store_unavailable(tmp_path):
+    with pytest.raises(StoreUnavailable) as info:
+        SQLiteStore(str(tmp_path))  # a folder, not a file
+    assert isinstance(info.value.original_error, sqlite3.Error)
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreUnavailable) as info:
+        SQLiteStore(str(blocker / "sessions.db"))
+    assert isinstance(info.value.original_error, OSError)
+
+
+def test_sqlite_busy_database_is_store_unavailable_then_recovers(tmp_path):
+    path = str(tmp_path / "sessions.db")
+    store = SQLiteStore(path, timeout=0.2)
+    s, c = new_id(), new_id()
+    put(store, s, c, "data")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the database
+    try:
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailable) as info:
+            store.lock(s, 5.0, 5.0)
+        assert time.monotonic() - start < 2.0
+        assert isinstance(info.value.original_error, sqlite3.OperationalError)
+        assert store.get(s) == Record(c, "data")  # readers are not blocked (WAL)
+    finally:
+        other.rollback()
+        other.close()
+    assert put(store, s, c, "again") is False
+    assert store.get(s) == Record(c, "again")
+
+
+def test_sqlite_cleanup_in_batches_removes_every_expired_row(tmp_path, monkeypatch):
+    path = str(tmp_path / "sessions.db")
+    store = SQLiteStore(path)
+    monkeypatch.setattr(store, "cleanup_batch", 3)
+    expired = {(new_id(), new_id()) for _ in range(10)}
+    for s, c in expired:
+        put(store, s, c, max_age=0.1)
+    live = (new_id(), new_id())
+    put(store, *live)
+    stale = new_id()
+    store.lock(stale, 0.1, 1.0)  # a crashed holder's lock
+    time.sleep(0.2)
+    assert set(store.cleanup()) == expired
+    assert store.get(live[0]) is not None
+    db = sqlite3.connect(path)
+    try:
+        counts = [
+            db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("bridge_sessions", "bridge_clients", "bridge_locks")
+        ]
+    finally:
+        db.close()
+    assert counts == [1, 1, 0]
+
+
+# Redis: prefixes, pools, a server that goes away.
+
+
+@pytest.fixture
+def own_redis():
+    """A Redis of its own, that a test may stop or pause."""
+    server = RedisServer()
+    server.start()
+    yield server
+    if server.process is not None:
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.stop()
+
+
+def test_redis_prefixes_keep_stores_apart(redis_server):
+    import redis
+
+    raw = redis.Redis.from_url(redis_server.url)
+    tag = uuid.uuid4().hex[:8]
+    a = RedisStore(redis_server.url, prefix=f"{tag}-a:")
+    b = RedisStore(redis_server.url, prefix=f"{tag}-b:")
+    s, c = new_id(), new_id()
+    raw.set(f"{tag}-other:s:{s}", f"{c}\nforeign")
+    raw.set(f"{tag}-other:c:{c}", s)
+    assert a.get(s) is None
+    assert a.get_session_id(c) is None
+
+    put(a, s, c, "in a")
+    put(b, s, c, "in b")
+    assert a.get(s) == Record(c, "in a")
+    assert b.get(s) == Record(c, "in b")
+    a.lock(s, 5.0, 1.0)
+    assert_free(b, s)
+
+    token, _ = b.lock(s, 5.0, 1.0)
+    assert b.delete(s, token) == Record(c, "in b")
+    assert a.get(s) == Record(c, "in a")
+    assert a.get_session_id(c) == s
+    assert raw.get(f"{tag}-other:s:{s}") == f"{c}\nforeign".encode()
+    keys = {k.decode() for k in raw.scan_iter(f"*{tag}*")}
+    assert all(k.startswith((f"{tag}-a:", f"{tag}-other:")) for k in keys)
+    raw.close()
+
+
+def test_redis_url_store_waits_for_a_pooled_connection(redis_server):
+    import redis
+
+    name = f"pool-{uuid.uuid4().hex[:8]}"
+    store = RedisStore(f"{redis_server.url}?max_connections=4&client_name={name}")
+    assert isinstance(store.client.connection_pool, redis.BlockingConnectionPool)
+    ids = [(new_id(), new_id()) for _ in range(200)]
+    errors = []
+    start = threading.Barrier(len(ids))
+
+    def work(s, c):
+        try:
+            start.wait()
+            token, _ = store.lock(s, 5.0, 10.0)
+            store.save(s, Record(c, s), 60.0, token, True)
+        except Exception as e:  # reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=pair) for pair in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert all(store.get(s) == Record(c, s) for s, c in ids)
+    raw = redis.Redis.from_url(redis_server.url)
+    assert 1 <= sum(1 for client in raw.client_list() if client["name"] == name) <= 4
+    raw.close()
+
+
+def test_redis_takes_the_users_client_as_is(redis_server):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    store = RedisStore(client, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+    assert store.client is client
+    s, c = new_id(), new_id()
+    assert put(store, s, c, "data") is True
+    assert store.get(s) == Record(c, "data")
+    assert store.get_session_id(c) == s
+    session_id, token, record = lock_client(store, c, 5.0, 1.0)
+    assert (session_id, record) == (s, Record(c, "data"))
+    assert store.delete(s, token) == Record(c, "data")
+    client.close()
+
+
+def test_redis_down_is_store_unavailable_and_recovers(own_redis):
+    import redis
+
+    store = RedisStore(own_redis.url)
+    s, c = new_id(), new_id()
+    put(store, s, c)
+    token, _ = store.lock(s, 5.0, 1.0)
+    own_redis.stop()
+    calls = [
+        lambda: store.get(s),
+        lambda: store.get_session_id(c),
+        lambda: store.lock(s, 5.0, 1.0),
+        lambda: store.save(s, Record(c, "{}"), 60.0, token, True),
+        lambda: store.release(s, token, 60.0),
+        lambda: store.delete(s, token),
+        lambda: lock_client(store, c, 5.0, 1.0),
+    ]
+    for call in calls:
+        with pytest.raises(StoreUnavailable) as info:
+            call()
+        assert isinstance(info.value.original_error, redis.exceptions.RedisError)
+    own_redis.start()  # same port, empty
+    assert store.get(s) is None
+    assert put(store, s, c) is True
+
+
+def test_redis_that_stops_answering_fails_fast(own_redis):
+    store = RedisStore(f"{own_redis.url}?socket_timeout=0.5")
+    s = new_id()
+    assert store.get(s) is None
+    assert own_redis.process is not None
+    os.kill(own_redis.process.pid, signal.SIGSTOP)
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        store.get(s)
+    # One timeout, no retries piled on top.
+    assert time.monotonic() - start < 2.0
+
+
+def test_package_imports_without_redis():
+    script = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import flask_session_bridge\n"
+        "try:\n"
+        "    flask_session_bridge.RedisStore('redis://127.0.0.1:6379/0')\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert "pip install" in out
+    assert "flask_session_bridge[redis]" in out
