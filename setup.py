@@ -33,6 +33,7 @@ setup(
             "simple-websocket",
             "eventlet>=0.36",
             "hypothesis",
+            "aiohttp",
             "flask-login",
         ],
     },

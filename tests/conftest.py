@@ -3,10 +3,15 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+import requests
+import socketio as socketio_client
 from flask import Flask
 from flask import session
 from flask_socketio import SocketIO
@@ -68,6 +73,93 @@ class RedisServer:
             self.process = None
 
 
+class LiveServer:
+    """tests/server_app.py in a subprocess on a free loopback port, stopped
+    by pid.
+    """
+
+    def __init__(self, mode: str, store: str = "memory://", **options: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, str(Path(__file__).with_name("server_app.py")),
+                   "--mode", mode, "--port", str(self.port), "--store", store]
+        for name, value in options.items():
+            command += [f"--{name.replace('_', '-')}", value]
+        self.process = subprocess.Popen(command)
+        try:
+            wait_for_port(self.port, timeout=30)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+class Browser:
+    """One browser: a requests session for HTTP, and sockets that send its
+    cookies, as a page's socket would.
+    """
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+        self.http = requests.Session()
+        self.sockets: list[socketio_client.Client] = []
+
+    def get(self, path: str) -> requests.Response:
+        return self.http.get(self.server.url + path, timeout=30)
+
+    def post(self, path: str) -> requests.Response:
+        return self.http.post(self.server.url + path, timeout=30)
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+
+    def socket(self, server: LiveServer | None = None, **connect) -> socketio_client.Client:
+        """A websocket to ``server`` (default: this browser's), recording the
+        ``session_ended`` events it receives.
+        """
+        sc = socketio_client.Client(reconnection=False)
+        sc.ended = []
+        ended = threading.Event()
+        sc.ended_event = ended
+
+        @sc.on("session_ended")
+        def on_ended(data):
+            sc.ended.append(data)
+            ended.set()
+
+        connect.setdefault("headers", {"Cookie": self.cookie_header()})
+        sc.connect((server or self.server).url, transports=["websocket"],
+                   wait_timeout=10, **connect)
+        self.sockets.append(sc)
+        return sc
+
+    def close(self) -> None:
+        for sc in self.sockets:
+            sc.disconnect()
+        self.http.close()
+
+
+@pytest.fixture
+def browser_factory():
+    browsers: list[Browser] = []
+
+    def make(server: LiveServer) -> Browser:
+        browser = Browser(server)
+        browsers.append(browser)
+        return browser
+
+    yield make
+    for browser in browsers:
+        browser.close()
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     server = RedisServer()
@@ -108,13 +200,18 @@ def store_calls(store, monkeypatch):
     return calls
 
 
-def create_app(store=None, **options) -> tuple[Flask, SocketIO, SessionBridge]:
-    """The app factory the tests share: a few views and socket handlers."""
+def create_app(
+    store=None, *, async_mode="threading", message_queue=None, **options
+) -> tuple[Flask, SocketIO, SessionBridge]:
+    """The app factory the tests share (and tests/server_app.py serves): a
+    few views and socket handlers.
+    """
     app = Flask(__name__)
     app.config.update(SECRET_KEY="test secret", TESTING=True)
-    socketio = SocketIO(async_mode="threading")
+    socketio = SocketIO(async_mode=async_mode)
     bridge = SessionBridge()
-    socketio.init_app(app)
+    # message_queue goes to init_app, not the constructor (see DESIGN.md).
+    socketio.init_app(app, message_queue=message_queue)
     bridge.init_app(app, socketio, store=store or MemoryStore(), **options)
 
     @app.post("/login/<name>")
@@ -137,6 +234,10 @@ def create_app(store=None, **options) -> tuple[Flask, SocketIO, SessionBridge]:
     def inc():
         session["n"] = session.get("n", 0) + 1
         return {"n": session["n"]}
+
+    @app.post("/destroy/<sid>")
+    def destroy(sid):
+        return {"destroyed": bridge.destroy_by_id(sid)}
 
     @app.get("/static-ish")
     def untouched():
