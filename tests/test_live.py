@@ -1,0 +1,120 @@
+"""Real servers (threading and eventlet, each in a subprocess) and real
+python-socketio clients that send the browser's cookies.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import socketio as socketio_client
+
+from conftest import LiveServer
+
+
+@pytest.fixture(scope="module", params=["threading", "eventlet"])
+def server(request):
+    live = LiveServer(request.param)
+    yield live
+    live.stop()
+
+
+def test_http_and_socket_share_one_session(server, browser_factory):
+    browser = browser_factory(server)
+    browser.post("/login/alice")
+    sc = browser.socket()
+    assert sc.call("whoami", timeout=10)["user"] == "alice"
+    assert sc.call("inc", timeout=10) == 1
+    assert browser.get("/me").json()["n"] == 1
+    assert sc.call("append", "a", timeout=10) == ["a"]
+    assert sc.call("append", "b", timeout=10) == ["a", "b"]
+    assert browser.get("/me").json()["items"] == ["a", "b"]
+
+
+def test_polling_transport_shares_the_session_too(server, browser_factory):
+    browser = browser_factory(server)
+    browser.post("/login/alice")
+    sc = socketio_client.Client(reconnection=False)
+    sc.connect(server.url, transports=["polling"], headers={"Cookie": browser.cookie_header()})
+    try:
+        assert sc.call("inc", timeout=10) == 1
+        assert browser.get("/me").json()["n"] == 1
+    finally:
+        sc.disconnect()
+
+
+def test_socket_opened_before_login_follows_login_and_logout(server, browser_factory):
+    browser = browser_factory(server)
+    browser.get("/me")  # the client cookie
+    sc = browser.socket()
+    assert sc.call("whoami", timeout=10)["user"] is None
+    browser.post("/login/alice")
+    assert sc.call("whoami", timeout=10)["user"] == "alice"
+    browser.post("/logout")
+    assert sc.ended_event.wait(5)
+    assert sc.ended == [{"reason": "logout"}]
+    assert sc.call("whoami", timeout=10)["user"] is None
+
+
+def test_cookieless_socket_creates_no_session(server, browser_factory):
+    browser = browser_factory(server)
+    sc = browser.socket(headers={})
+    ack = sc.call("inc", timeout=10)
+    assert ack["error"] == "SessionMissing"
+    assert sc.call("whoami", timeout=10) == {"user": None, "n": None, "sid": None}
+    assert browser.http.cookies.get_dict() == {}
+
+
+def test_four_sockets_and_four_http_threads_lose_no_increment(server, browser_factory):
+    browser = browser_factory(server)
+    browser.post("/login/alice")
+    sockets = [browser.socket() for _ in range(4)]
+    errors: list[object] = []
+
+    def http_worker():
+        http = browser_factory(server)
+        http.http.cookies.update(browser.http.cookies.get_dict())
+        for _ in range(100):
+            response = http.post("/inc")
+            if response.status_code != 200:
+                errors.append(response.status_code)
+
+    def socket_worker(sc):
+        for _ in range(100):
+            reply = sc.call("inc", timeout=30)
+            if not isinstance(reply, int):
+                errors.append(reply)
+
+    threads = [threading.Thread(target=http_worker) for _ in range(4)]
+    threads += [threading.Thread(target=socket_worker, args=(sc,)) for sc in sockets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert errors == []
+    assert browser.get("/me").json()["n"] == 800
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_cross_origin_handshake_with_valid_cookies_is_refused(server, browser_factory, transport):
+    browser = browser_factory(server)
+    browser.post("/login/alice")
+    cookies = {"Cookie": browser.cookie_header()}
+    evil_origin = "https://evil.example"
+    if transport == "websocket":  # websocket-client sets Origin itself
+        evil = socketio_client.Client(
+            reconnection=False, websocket_extra_options={"origin": evil_origin}
+        )
+        headers = cookies
+    else:
+        evil = socketio_client.Client(reconnection=False)
+        headers = {**cookies, "Origin": evil_origin}
+    with pytest.raises(socketio_client.exceptions.ConnectionError):
+        evil.connect(server.url, transports=[transport], headers=headers, wait_timeout=5)
+    sc = socketio_client.Client(reconnection=False)
+    same_origin = {**cookies, "Origin": server.url} if transport == "polling" else cookies
+    sc.connect(server.url, transports=[transport], headers=same_origin, wait_timeout=5)
+    try:
+        assert sc.call("whoami", timeout=10)["user"] == "alice"
+    finally:
+        sc.disconnect()
