@@ -8,7 +8,6 @@ import threading
 
 import pytest
 import socketio as socketio_client
-
 from conftest import LiveServer
 
 

@@ -8,7 +8,6 @@ import asyncio
 
 import requests
 import socketio as socketio_client
-
 from conftest import LiveServer
 
 BROWSERS, SOCKETS_EACH = 100, 5
