@@ -1,0 +1,103 @@
+"""Several processes on one store: restarts, crashes, concurrent writers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from conftest import LiveServer
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sessions.db'}"
+    server = request.getfixturevalue("redis_server")
+    return server.url
+
+
+def test_app_restart_resumes_the_session(shared_store_url, browser_factory):
+    first = LiveServer("threading", shared_store_url)
+    try:
+        browser = browser_factory(first)
+        browser.post("/login/alice")
+        assert browser.socket().call("inc", timeout=10) == 1
+    finally:
+        first.stop()
+    second = LiveServer("threading", shared_store_url)
+    try:
+        browser.server = second
+        assert browser.get("/me").json()["user"] == "alice"
+        assert browser.socket().call("inc", timeout=10) == 2
+        assert browser.get("/me").json()["n"] == 2
+    finally:
+        second.stop()
+
+
+def test_two_processes_on_one_store_lose_no_update(shared_store_url, browser_factory):
+    servers = [LiveServer("threading", shared_store_url) for _ in range(2)]
+    try:
+        browser = browser_factory(servers[0])
+        browser.post("/login/alice")
+        sockets = [browser.socket(server) for server in servers]
+        errors: list[object] = []
+
+        def http_worker(server):
+            other = browser_factory(server)
+            other.http.cookies.update(browser.http.cookies.get_dict())
+            for _ in range(100):
+                if other.post("/inc").status_code != 200:
+                    errors.append(server.url)
+
+        def socket_worker(sc):
+            for _ in range(100):
+                if not isinstance(sc.call("inc", timeout=30), int):
+                    errors.append("socket")
+
+        threads = [threading.Thread(target=http_worker, args=(s,)) for s in servers]
+        threads += [threading.Thread(target=socket_worker, args=(sc,)) for sc in sockets]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(180)
+        assert errors == []
+        assert browser.get("/me").json()["n"] == 400
+    finally:
+        for server in servers:
+            server.stop()
+
+
+HOLDER = """
+import sys, time
+from flask_session_bridge.stores import store_from_url
+store = store_from_url(sys.argv[1], ".")
+store.lock(sys.argv[2], 1.5, 5)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_lock_holder_blocks_only_until_its_lock_expires(shared_store_url, browser_factory):
+    server = LiveServer("threading", shared_store_url)
+    try:
+        browser = browser_factory(server)
+        sid = browser.post("/login/alice").json()["sid"]
+        with subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(HOLDER), shared_store_url, sid],
+            stdout=subprocess.PIPE, text=True,
+        ) as holder:
+            assert holder.stdout.readline().strip() == "locked"
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(5)
+        started = time.monotonic()
+        response = browser.post("/inc")  # waits for the dead holder's lock to expire
+        waited = time.monotonic() - started
+        assert response.status_code == 200 and response.json()["n"] == 1
+        assert waited < 5  # lock_expire (1.5 s) plus polling, not the lock timeout
+    finally:
+        server.stop()
