@@ -93,6 +93,15 @@ def _counters() -> dict[str, t.Any]:
     }
 
 
+def _tell_every_tab() -> dict[str, t.Any]:
+    # Every socket of this session is in its room, so other tabs of the same
+    # browser see the change as it happens. Sent while the session is still
+    # locked, so two updates reach the tabs in the order they were made.
+    state = _counters()
+    socketio.emit("state", state, to=bridge.room(session.sid))
+    return state
+
+
 # -- HTTP ----------------------------------------------------------------
 
 
@@ -121,7 +130,7 @@ def count() -> dict[str, t.Any] | tuple[dict[str, t.Any], int]:
     if session.get("user") is None:
         return {"error": "not logged in"}, 401
     session["http_count"] = session.get("http_count", 0) + 1
-    return _counters()
+    return _tell_every_tab()
 
 
 @pages.post("/logout")
@@ -144,7 +153,7 @@ def socket_count() -> dict[str, t.Any]:
     if session.get("user") is None:
         return {"error": "not logged in"}
     session["socket_count"] = session.get("socket_count", 0) + 1  # saved on return
-    return _counters()
+    return _tell_every_tab()
 
 
 @socketio.on("state")
@@ -225,6 +234,7 @@ socket.on("connect", () => {
   setStatus("connected");
   socket.emit("state", show);
 });
+socket.on("state", show);  // a change made in another tab
 socket.on("disconnect", (reason) => setStatus("disconnected: " + reason));
 socket.on("connect_error", (err) => setStatus("connection failed: " + err.message));
 socket.on("session_ended", (payload) => {

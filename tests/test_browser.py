@@ -1,0 +1,157 @@
+"""example_app.py end to end in headless Chromium.
+
+Debian's ``chromium`` and ``chromium-driver`` drive the page; the Socket.IO
+browser client is the npm package ``socket.io-client`` that ``.ci/run``
+installs next to example_app.py. Nothing is downloaded by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from conftest import free_port
+from conftest import wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+#: Shown in README.rst; rewritten by every run of this test.
+SCREENSHOT = Path(__file__).resolve().parent / "screenshots" / "example_app.png"
+
+
+@pytest.fixture
+def example_app(tmp_path):
+    if not CLIENT.is_file():
+        pytest.fail(
+            "socket.io-client is not installed: run"
+            " 'npm install --no-save --no-package-lock socket.io-client@4' in the repository"
+        )
+    port = free_port()
+    env = dict(
+        os.environ,
+        PORT=str(port),
+        SECRET_KEY="browser-test",
+        SESSION_BRIDGE_STORE=f"sqlite:///{tmp_path / 'sessions.db'}",
+    )
+    process = subprocess.Popen([sys.executable, str(ROOT / "example_app.py")], env=env)
+    try:
+        wait_for_port(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.fail("Chromium is not installed (apt-get install -y chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    # The system browser in a closed network: no sandbox (root in CI), no
+    # background calls home that the network would refuse.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--window-size=900,700", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def text(browser, element_id):
+    return browser.find_element(By.ID, element_id).text
+
+
+def wait_text(browser, element_id, expected):
+    # NoSuchElementException, while a page loads, counts as "not yet".
+    try:
+        WebDriverWait(browser, 10).until(lambda b: text(b, element_id) == expected)
+    except TimeoutException:
+        pytest.fail(f"#{element_id} shows {text(browser, element_id)!r}, not {expected!r}")
+
+
+def wait_connected(browser):
+    wait_text(browser, "status", "connected")
+
+
+def click(browser, element_id):
+    browser.find_element(By.ID, element_id).click()
+
+
+def test_two_tabs_share_one_live_session(example_app, chromium):
+    browser = chromium
+    browser.get(example_app)
+    # The page loads the installed client, not the CDN.
+    script = browser.find_element(By.CSS_SELECTOR, "script[src]").get_attribute("src")
+    assert script == f"{example_app}/socket.io-client.js"
+    wait_connected(browser)
+
+    browser.find_element(By.ID, "login-name").send_keys("Ada")
+    click(browser, "login-submit")
+    wait_text(browser, "user", "Ada")
+    # The socket of the page after login is in the logged-in session.
+    wait_connected(browser)
+
+    for expected in ("1", "2", "3"):
+        click(browser, "socket-inc")
+        wait_text(browser, "socket-count", expected)
+    for expected in ("1", "2"):
+        click(browser, "http-inc")
+        wait_text(browser, "http-count", expected)
+    first = browser.current_window_handle
+
+    # A second tab of the same browser is the same session.
+    browser.switch_to.new_window("tab")
+    second = browser.current_window_handle
+    browser.get(example_app)
+    wait_connected(browser)
+    wait_text(browser, "user", "Ada")
+    wait_text(browser, "socket-count", "3")
+    wait_text(browser, "http-count", "2")
+
+    # A change in either tab shows in the other, over the other's socket.
+    click(browser, "socket-inc")
+    wait_text(browser, "socket-count", "4")
+    browser.switch_to.window(first)
+    wait_text(browser, "socket-count", "4")
+    click(browser, "http-inc")
+    wait_text(browser, "http-count", "3")
+    browser.switch_to.window(second)
+    wait_text(browser, "http-count", "3")
+    click(browser, "socket-inc")
+    browser.switch_to.window(first)
+    wait_text(browser, "socket-count", "5")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOT))
+
+    # Logging out in one tab ends the other tab's session over its socket.
+    click(browser, "logout")
+    browser.switch_to.window(second)
+    wait_text(browser, "status", "session ended: logout")
+    assert not browser.find_element(By.ID, "live").is_displayed()
+    assert browser.find_element(By.ID, "login-name").is_displayed()
+
+    # That socket is still connected, and the server now sees no user on it.
+    state = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "socket.emit('state', done);"
+    )
+    assert state == {"user": None, "http_count": 0, "socket_count": 0}
+    browser.refresh()
+    wait_connected(browser)
+    assert browser.find_element(By.ID, "login-name").is_displayed()
