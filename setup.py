@@ -23,6 +23,9 @@ setup(
     ],
     extras_require={
         "redis": ["redis>=5.0"],
+        # bench/: the anchor (Flask-Session) and the load test's asyncio client.
+        "bench": ["redis>=5.0", "flask-session>=0.8", "eventlet>=0.36",
+                  "python-socketio[asyncio_client]>=5.11.2", "aiohttp"],
         "test": [
             "pytest>=8",
             "pytest-timeout",

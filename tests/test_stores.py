@@ -18,6 +18,7 @@ import uuid
 import pytest
 from conftest import RedisServer
 
+from flask_session_bridge import MemoryStore
 from flask_session_bridge import SessionLockTimeout
 from flask_session_bridge import StoreUnavailable
 from flask_session_bridge.stores.base import lock_client
@@ -305,6 +306,30 @@ def test_sessions_expire_and_cleanup_removes_exactly_the_expired(store):
     assert store.get(old) is None
     assert store.get(live) == Record(live_client, "live")
     assert store.get_session_id(live_client) == live
+
+
+def test_cleanup_spares_a_session_whose_expiry_was_pushed_back(store):
+    touched, client = new_id(), new_id()
+    put(store, touched, client, "data", max_age=0.2)
+    token, _ = store.lock(touched, 5.0, 1.0)
+    store.release(touched, token, 60.0)  # a touch: 60 s from now
+    time.sleep(0.3)
+    assert store.cleanup() == []
+    assert store.get(touched) == Record(client, "data")
+    assert store.get_session_id(client) == touched
+
+
+def test_memory_store_expiry_index_stays_bounded_under_touches():
+    # Every touch records a new expiry; the index must not keep them all.
+    store = MemoryStore()
+    session_id, client = new_id(), new_id()
+    put(store, session_id, client)
+    for _ in range(5000):
+        token, _ = store.lock(session_id, 5.0, 1.0)
+        store.release(session_id, token, 60.0)
+    assert len(store._deadlines) <= 1024 + 2
+    assert store.cleanup() == []
+    assert store.get(session_id) == Record(client, "{}")
 
 
 def test_lock_client_finds_locks_and_reads_the_clients_session(store):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import secrets
 import threading
 import time
@@ -22,10 +23,21 @@ class MemoryStore:
         self._cond = threading.Condition()
         #: session id -> (record, expires at)
         self._sessions: dict[str, tuple[Record, float]] = {}
+        #: A heap of (expires at, session id), one entry per expiry ever set,
+        #: so cleanup visits the expired sessions, not all of them.
+        self._deadlines: list[tuple[float, str]] = []
         #: client id -> (session id, expires at)
         self._clients: dict[str, tuple[str, float]] = {}
         #: session id -> (token, expires at); entries are removed on release.
         self._locks: dict[str, tuple[str, float]] = {}
+
+    def _put(self, session_id: str, record: Record, expires: float) -> None:
+        self._sessions[session_id] = (record, expires)
+        heapq.heappush(self._deadlines, (expires, session_id))
+        if len(self._deadlines) > 2 * len(self._sessions) + 1024:
+            # Mostly entries of expiries pushed back since: start afresh.
+            self._deadlines = [(e, sid) for sid, (_, e) in self._sessions.items()]
+            heapq.heapify(self._deadlines)
 
     def _live_session(self, session_id: str, now: float) -> Record | None:
         entry = self._sessions.get(session_id)
@@ -79,7 +91,7 @@ class MemoryStore:
                 )
             now = time.monotonic()
             is_new = self._live_session(session_id, now) is None
-            self._sessions[session_id] = (record, now + max_age)
+            self._put(session_id, record, now + max_age)
             mapped = self._clients.get(record.client_id)
             if link or (mapped is not None and mapped[0] == session_id and mapped[1] > now):
                 self._clients[record.client_id] = (session_id, now + max_age)
@@ -92,7 +104,7 @@ class MemoryStore:
                 now = time.monotonic()
                 record = self._live_session(session_id, now)
                 if record is not None:
-                    self._sessions[session_id] = (record, now + max_age)
+                    self._put(session_id, record, now + max_age)
                     mapped = self._clients.get(record.client_id)
                     if mapped is not None and mapped[0] == session_id and mapped[1] > now:
                         self._clients[record.client_id] = (session_id, now + max_age)
@@ -112,13 +124,16 @@ class MemoryStore:
     def cleanup(self) -> list[tuple[str, str]]:
         with self._cond:
             now = time.monotonic()
-            expired = [
-                (sid, entry[0].client_id)
-                for sid, entry in self._sessions.items()
-                if entry[1] <= now
-            ]
-            for sid, _ in expired:
+            expired = []
+            while self._deadlines and self._deadlines[0][0] <= now:
+                expires, sid = heapq.heappop(self._deadlines)
+                entry = self._sessions.get(sid)
+                if entry is None or entry[1] != expires:
+                    continue  # deleted, or its expiry was pushed back
+                record = entry[0]
                 del self._sessions[sid]
-            for cid in [c for c, entry in self._clients.items() if entry[1] <= now]:
-                del self._clients[cid]
+                mapped = self._clients.get(record.client_id)
+                if mapped is not None and mapped[0] == sid:
+                    del self._clients[record.client_id]
+                expired.append((sid, record.client_id))
             return expired
