@@ -1,0 +1,85 @@
+"""The load benchmark's server: one eventlet worker.
+
+    python bench/load_server.py --kind bridge|anchor --port N --redis URL
+        [--message-queue URL]
+
+``bridge``: the session bridge on ``RedisStore(URL)``. ``anchor``: the setup
+users pick today, Flask-SocketIO ``manage_session=False`` plus Flask-Session
+on Redis, given a pool that waits (redis-py's default pool is capped at 100
+connections and fails under this load). Both pools hold 50 connections.
+"""
+
+import argparse
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--kind", choices=["bridge", "anchor"], required=True)
+parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--redis", required=True)
+parser.add_argument("--message-queue", default=None)
+args = parser.parse_args()
+
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*Eventlet is deprecated")
+
+import eventlet  # noqa: E402
+
+eventlet.monkey_patch()
+
+import os  # noqa: E402
+import resource  # noqa: E402
+
+import redis  # noqa: E402
+from flask import Flask  # noqa: E402
+from flask import session  # noqa: E402
+from flask_socketio import SocketIO  # noqa: E402
+
+from flask_session_bridge import RedisStore  # noqa: E402
+from flask_session_bridge import SessionBridge  # noqa: E402
+
+_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+app = Flask(__name__)
+app.config["SECRET_KEY"] = "bench secret"
+bridge = None
+if args.kind == "bridge":
+    socketio = SocketIO(async_mode="eventlet")
+    socketio.init_app(app, message_queue=args.message_queue)
+    bridge = SessionBridge(app, socketio, store=RedisStore(args.redis, prefix="bench:"))
+else:
+    from flask_session import Session
+
+    pool = redis.BlockingConnectionPool.from_url(args.redis, max_connections=50, timeout=20)
+    app.config.update(
+        SESSION_TYPE="redis",
+        SESSION_REDIS=redis.Redis(connection_pool=pool),
+        SESSION_KEY_PREFIX="anchor:",
+    )
+    Session(app)
+    socketio = SocketIO(async_mode="eventlet", manage_session=False)
+    socketio.init_app(app, message_queue=args.message_queue)
+
+
+@app.post("/login")
+def login():
+    if bridge is not None:
+        bridge.regenerate()
+    session["user"] = "bench"
+    return "ok"
+
+
+@app.get("/rss")
+def rss():
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return str(pages * os.sysconf("SC_PAGE_SIZE"))
+
+
+@socketio.on("inc")
+def inc():
+    session["n"] = session.get("n", 0) + 1
+    return session["n"]
+
+
+socketio.run(app, host="127.0.0.1", port=args.port, log_output=False, max_size=5000)
