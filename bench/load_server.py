@@ -20,7 +20,7 @@ args = parser.parse_args()
 
 import warnings  # noqa: E402
 
-warnings.filterwarnings("ignore", message=".*Eventlet is deprecated")
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 import eventlet  # noqa: E402
 
