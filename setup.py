@@ -35,6 +35,7 @@ setup(
             "python-socketio[client]>=5.11.2",
             "simple-websocket",
             "eventlet>=0.36",
+            "gevent",
             "hypothesis",
             "aiohttp",
             "flask-login",

@@ -1,6 +1,6 @@
 """Serve the tests' app on a real server, for tests that need real sockets:
 
-    python tests/server_app.py --mode threading|eventlet --port N
+    python tests/server_app.py --mode threading|eventlet|gevent --port N
         [--store URL] [--message-queue URL] [--socket-missing allow|reject]
 """
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--mode", choices=["threading", "eventlet"], required=True)
+parser.add_argument("--mode", choices=["threading", "eventlet", "gevent"], required=True)
 parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--store", default="memory://")
 parser.add_argument("--message-queue", default=None)
@@ -19,6 +19,10 @@ if args.mode == "eventlet":
     import eventlet
 
     eventlet.monkey_patch()
+elif args.mode == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
 
 import warnings  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Real servers (threading and eventlet, each in a subprocess) and real
+"""Real servers (threading, eventlet and gevent, each in a subprocess) and real
 python-socketio clients that send the browser's cookies.
 """
 
@@ -11,7 +11,7 @@ import socketio as socketio_client
 from conftest import LiveServer
 
 
-@pytest.fixture(scope="module", params=["threading", "eventlet"])
+@pytest.fixture(scope="module", params=["threading", "eventlet", "gevent"])
 def server(request):
     live = LiveServer(request.param)
     yield live
