@@ -3,14 +3,24 @@ against the anchor, and two workers against one.
 
     python bench/load.py [--clients 1000] [--events 20] [--rounds 3]
 
-Starts its own redis-server on a free loopback port, and per run the
-server(s) of bench/load_server.py. The clients are asyncio python-socketio
-clients in another process: each logs in over HTTP, connects over websocket
-with the cookies it got, and once all are connected, all send ``--events``
-``inc`` events (``session["n"] += 1``), one after the other, waiting for each
-answer. Reported per configuration (medians of the rounds): events per
-second, p50 and p99 latency, server RSS per connected socket, and errors.
-Configurations run interleaved, their order rotating round by round.
+Starts its own redis-server on a free loopback port (stopped at the end),
+and per run the server(s) of bench/load_server.py. Configurations: bridge
+with 1 worker, the anchor (Flask-SocketIO ``manage_session=False`` plus
+Flask-Session on Redis) with 1 worker, bridge with 2 workers (Redis as store
+and message queue, clients split evenly). They run interleaved, their order
+rotating round by round.
+
+The clients are asyncio python-socketio clients in another process: each
+logs in over HTTP, connects over websocket with the cookies it got, and once
+all are connected, all send ``--events`` ``inc`` events
+(``session["n"] += 1``), one after the other, each waiting for its answer.
+Reported per configuration, medians of the rounds: events per second (from
+the start signal to the last answer), p50 and p99 latency, server RSS per
+connected socket, errors (connect failures, timeouts, error answers; all
+counted, never retried), and the CPU used during the events by the client
+process, by each worker and by redis-server, in % of one core (a client near
+100% would be the bottleneck). A counter that comes back wrong aborts the
+benchmark. The default run takes about 5 minutes on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import resource
 import shutil
@@ -60,7 +71,7 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:
         process.wait(5)
@@ -69,138 +80,223 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(5)
 
 
+def raise_nofile_limit() -> None:
+    """A thousand sockets need more file descriptors than the usual 1,024."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    return values[min(int(len(values) * fraction), len(values) - 1)] if values else float("nan")
+
+
 # -- the client process -------------------------------------------------
 
 
-async def client_main(urls: list[str], clients: int, events: int) -> dict[str, float]:
+async def client_main(
+    urls: list[str], pids: list[int], redis_pid: int, clients: int, events: int
+) -> dict:
     import aiohttp
     import socketio
 
-    connect_slots = asyncio.Semaphore(50)
+    connect_slots = asyncio.Semaphore(100)
     start = asyncio.Event()
     latencies: list[float] = []
-    errors: list[str] = []
+    ends: list[float] = []
+    errors: dict[str, int] = {}
+    first_errors: list[str] = []
+    wrong: list[str] = []
 
-    async def rss() -> int:
-        async with aiohttp.ClientSession() as http:
-            sizes = [int(await (await http.get(f"{url}/rss")).text()) for url in urls]
-        return sum(sizes)
+    def error(kind: str, detail: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
+        if len(first_errors) < 5:
+            first_errors.append(f"{kind}: {detail}")
 
-    async def login(http: aiohttp.ClientSession, url: str) -> str:
-        async with http.post(f"{url}/login") as response:
-            response.raise_for_status()
-            return "; ".join(f"{k}={v.value}" for k, v in response.cookies.items())
+    async def rss(http: aiohttp.ClientSession) -> int:
+        total = 0
+        for url in urls:
+            async with http.get(f"{url}/rss") as response:
+                total += int(await response.text())
+        return total
 
-    async def connect(url: str, cookie: str) -> socketio.AsyncClient:
+    async def login(http: aiohttp.ClientSession, url: str) -> str | None:
+        try:
+            async with http.post(f"{url}/login") as response:
+                response.raise_for_status()
+                return "; ".join(f"{k}={v.value}" for k, v in response.cookies.items())
+        except Exception as e:
+            error("login", repr(e))
+            return None
+
+    async def connect(url: str, cookie: str) -> socketio.AsyncClient | None:
         client = socketio.AsyncClient(reconnection=False)
-        async with connect_slots:
-            await client.connect(url, headers={"Cookie": cookie}, transports=["websocket"])
-        return client
+        try:
+            async with connect_slots:
+                await client.connect(url, headers={"Cookie": cookie},
+                                     transports=["websocket"], wait_timeout=30)
+            return client
+        except Exception as e:
+            error("connect", repr(e))
+            return None
 
     async def run(client: socketio.AsyncClient) -> None:
         await start.wait()
         for i in range(1, events + 1):
             began = time.perf_counter()
-            n = await client.call("inc", timeout=60)
-            latencies.append(time.perf_counter() - began)
-            if n != i:
-                errors.append(f"counter {n!r} after {i} increments")
+            try:
+                n = await client.call("inc", timeout=30)
+            except socketio.exceptions.TimeoutError:
+                error("timeout", f"no answer to event {i} within 30 s")
+                return  # the counter may still move: this client stops
+            except Exception as e:
+                error("event", repr(e))
                 return
+            ended = time.perf_counter()
+            if isinstance(n, dict) and "error" in n:
+                error("error answer", repr(n))
+                return
+            if n != i:
+                wrong.append(f"counter {n!r} after {i} increments")
+                return
+            latencies.append(ended - began)
+            ends.append(ended)
 
-    jar = aiohttp.DummyCookieJar()  # every client keeps its own cookies
-    async with aiohttp.ClientSession(cookie_jar=jar) as http:
-        cookies = await asyncio.gather(*(login(http, urls[i % len(urls)]) for i in range(clients)))
-    before = await rss()
-    results = await asyncio.gather(
-        *(connect(urls[i % len(urls)], cookies[i]) for i in range(clients)),
-        return_exceptions=True,
-    )
-    connected = [c for c in results if isinstance(c, socketio.AsyncClient)]
-    errors += [f"connect: {e!r}" for e in results if isinstance(e, BaseException)]
-    after = await rss()
+    # The jar keeps nothing: every client sends the cookies of its own login.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        targets = [urls[i * len(urls) // clients] for i in range(clients)]  # even split
+        cookies = await asyncio.gather(*(login(http, url) for url in targets))
+        rss_before = await rss(http)
+        connected = [
+            c for c in await asyncio.gather(*(
+                connect(url, cookie) for url, cookie in zip(targets, cookies)
+                if cookie is not None
+            ))
+            if c is not None
+        ]
+        rss_after = await rss(http)
+
     tasks = [asyncio.create_task(run(c)) for c in connected]
-    cpu_before = time.process_time()
+    await asyncio.sleep(0)  # every task waits at start
+    cpu_client = time.process_time()
+    cpu_servers = [cpu_seconds(pid) for pid in pids]
+    cpu_redis = cpu_seconds(redis_pid)
     began = time.perf_counter()
     start.set()
-    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-        if isinstance(outcome, BaseException):
-            errors.append(f"event: {outcome!r}")
-    wall = time.perf_counter() - began
-    cpu = time.process_time() - cpu_before
+    await asyncio.gather(*tasks)
+    wall = (max(ends) if ends else time.perf_counter()) - began
+    cpu_client = time.process_time() - cpu_client
+    cpu_servers = [cpu_seconds(pid) - cpu for pid, cpu in zip(pids, cpu_servers)]
+    cpu_redis = cpu_seconds(redis_pid) - cpu_redis
     await asyncio.gather(*(c.disconnect() for c in connected))
+    if wrong:
+        sys.exit(f"WRONG COUNTER in {len(wrong)} clients, e.g. {wrong[0]}: the session "
+                 "lost increments; this benchmark's numbers would be meaningless")
     latencies.sort()
     return {
-        "events_per_s": len(latencies) / wall,
-        "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else float("nan"),
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3 if latencies else float("nan"),
-        "rss_kb_per_socket": (after - before) / max(len(connected), 1) / 1024,
-        "client_cpu": cpu / wall,
-        "errors": len(errors),
-        "first_error": errors[0] if errors else "",
+        "events_per_s": len(latencies) / wall if wall > 0 else 0.0,
+        "p50_ms": percentile(latencies, 0.50) * 1e3,
+        "p99_ms": percentile(latencies, 0.99) * 1e3,
+        "rss_kb_per_socket": (rss_after - rss_before) / max(len(connected), 1) / 1024,
+        "connected": len(connected),
+        "events": len(latencies),
+        "wall_s": wall,
+        "client_cpu": cpu_client / wall if wall > 0 else 0.0,
+        "server_cpu": statistics.mean(cpu_servers) / wall if wall > 0 else 0.0,
+        "redis_cpu": cpu_redis / wall if wall > 0 else 0.0,
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "first_errors": first_errors,
     }
 
 
 # -- the parent ---------------------------------------------------------
 
 
-def run_config(kind: str, workers: int, redis_url: str, clients: int, events: int) -> dict:
+def run_config(kind: str, workers: int, redis_url: str, redis_pid: int, prefix: str,
+               clients: int, events: int) -> dict:
     ports = [free_port() for _ in range(workers)]
-    command = [sys.executable, str(SERVER), "--kind", kind, "--redis", redis_url]
+    command = [sys.executable, str(SERVER), "--kind", kind, "--redis", redis_url,
+               "--prefix", prefix]
     if workers > 1:
         command += ["--message-queue", redis_url]
     servers = [subprocess.Popen([*command, "--port", str(port)]) for port in ports]
     try:
         for port in ports:
             wait_for_port(port)
-        urls = ",".join(f"http://127.0.0.1:{port}" for port in ports)
-        output = subprocess.run(
-            [sys.executable, __file__, "--client", urls,
+        client = subprocess.run(
+            [sys.executable, __file__,
+             "--client", ",".join(f"http://127.0.0.1:{port}" for port in ports),
+             "--pids", ",".join(str(server.pid) for server in servers),
+             "--redis-pid", str(redis_pid),
              "--clients", str(clients), "--events", str(events)],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        return json.loads(output.strip().splitlines()[-1])
+            stdout=subprocess.PIPE, text=True,  # stderr goes to the terminal
+        )
+        if client.returncode != 0:
+            raise SystemExit(f"the client process failed (exit {client.returncode}), see above")
+        return json.loads(client.stdout.strip().splitlines()[-1])
     finally:
         for server in servers:
             stop(server)
 
 
-def versions() -> str:
+def versions(redis_binary: str) -> str:
     found = [f"python {platform.python_version()}"]
     for name in DISTRIBUTIONS:
         try:
             found.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             found.append(f"{name} (not installed)")
+    server = subprocess.run([redis_binary, "--version"], capture_output=True, text=True).stdout
+    found.append(server.split(" sha=")[0].strip())  # "Redis server v=7.0.15"
     return ", ".join(found)
 
 
 def report(results: dict[str, list[dict]], clients: int, events: int) -> None:
     rounds = len(next(iter(results.values())))
-    print(f"{clients} clients x {events} events, {rounds} rounds; medians")
-    print(f"{'configuration':<20} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-          f" {'kB/socket':>10} {'client cpu':>10} {'errors':>7}")
-    medians: dict[str, dict[str, float]] = {}
+    print(f"\n{clients} clients x {events} events each; medians of {rounds} rounds")
+    header = (f"{'configuration':<18} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+              f" {'RSS kB/socket':>13} {'errors':>7} {'cpu: client':>11} {'per worker':>10}"
+              f" {'redis':>6}")
+    print(header)
+    print("-" * len(header))
+    keys = ("events_per_s", "p50_ms", "p99_ms", "rss_kb_per_socket",
+            "client_cpu", "server_cpu", "redis_cpu")
     for name, runs in results.items():
-        medians[name] = {
-            key: statistics.median(r[key] for r in runs)
-            for key in ("events_per_s", "p50_ms", "p99_ms", "rss_kb_per_socket", "client_cpu")
-        }
-        m = medians[name]
-        print(f"{name:<20} {m['events_per_s']:>9.0f} {m['p50_ms']:>8.1f} {m['p99_ms']:>8.1f}"
-              f" {m['rss_kb_per_socket']:>10.1f} {m['client_cpu']:>9.0%}"
-              f" {sum(r['errors'] for r in runs):>7}")
-        for r in runs:
-            if r["errors"]:
-                print(f"    first error: {r['first_error']}")
-    bridge, anchor = medians["bridge, 1 worker"], medians["anchor, 1 worker"]
-    two = medians["bridge, 2 workers"]
-    for label, value, goal in (
-        ("bridge / anchor throughput", bridge["events_per_s"] / anchor["events_per_s"], 1.0),
-        ("anchor p99 / bridge p99", anchor["p99_ms"] / bridge["p99_ms"], 1.0),
-        ("two workers / one, throughput", two["events_per_s"] / bridge["events_per_s"], 1.6),
+        m = {key: statistics.median(r[key] for r in runs) for key in keys}
+        print(f"{name:<18} {m['events_per_s']:>9.0f} {m['p50_ms']:>8.1f} {m['p99_ms']:>8.1f}"
+              f" {m['rss_kb_per_socket']:>13.1f} {sum(r['errors'] for r in runs):>7}"
+              f" {m['client_cpu']:>11.0%} {m['server_cpu']:>10.0%} {m['redis_cpu']:>6.0%}")
+    for name, runs in results.items():
+        for i, r in enumerate(runs, 1):
+            for detail in r["first_errors"]:
+                print(f"  {name}, round {i}: {detail}")
+
+    bridge = results["bridge, 1 worker"]
+    anchor = results["anchor, 1 worker"]
+    two = results["bridge, 2 workers"]
+
+    def ratio(top: list[dict], bottom: list[dict], key: str) -> float:
+        return statistics.median(
+            t[key] / b[key] if b[key] else float("nan") for t, b in zip(top, bottom)
+        )
+
+    throughput = ratio(bridge, anchor, "events_per_s")
+    p99 = ratio(anchor, bridge, "p99_ms")
+    scaling = ratio(two, bridge, "events_per_s")
+    print("\nratios (median of the per-round ratios)")
+    for label, value, goal, met in (
+        ("bridge / anchor, throughput", throughput, "> 1", throughput > 1),
+        ("anchor p99 / bridge p99", p99, "> 1", p99 > 1),
+        ("two workers / one, throughput", scaling, ">= 1.6", scaling >= 1.6),
     ):
-        verdict = "ok" if value >= goal else "MISSED"
-        print(f"{label:<32} {value:5.2f}x  goal >= {goal:g}  {verdict}")
+        print(f"  {label:<30} {value:5.2f}x  goal {goal:<6} {'ok' if met else 'MISSED'}")
 
 
 def main() -> None:
@@ -209,19 +305,28 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--client", help=argparse.SUPPRESS)  # server URLs, comma-separated
+    parser.add_argument("--pids", help=argparse.SUPPRESS)  # the workers' pids
+    parser.add_argument("--redis-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile_limit()
     if args.client:
-        result = asyncio.run(client_main(args.client.split(","), args.clients, args.events))
+        pids = [int(pid) for pid in args.pids.split(",")]
+        result = asyncio.run(client_main(
+            args.client.split(","), pids, args.redis_pid, args.clients, args.events
+        ))
         print(json.dumps(result))
         return
 
-    print("load:", versions())
+    redis_binary = shutil.which("redis-server")
+    if redis_binary is None:
+        sys.exit("redis-server is not installed (apt-get install -y redis-server)")
+    print("versions:", versions(redis_binary))
+    print("note: the anchor gets a waiting pool of 50 connections, as the bridge does;"
+          " with redis-py's default pool (at most 100, no waiting) it fails at this load")
     port = free_port()
     redis_server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "10000"],
+        [redis_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--maxclients", "10000"],
         stdout=subprocess.DEVNULL,
     )
     try:
@@ -232,10 +337,14 @@ def main() -> None:
         for i in range(args.rounds):
             for name in names[i % len(names):] + names[: i % len(names)]:
                 kind, workers = CONFIGS[name]
-                result = run_config(kind, workers, redis_url, args.clients, args.events)
-                print(f"  round {i + 1}: {name}: {result['events_per_s']:.0f} events/s,"
-                      f" {result['errors']} errors", flush=True)
-                results[name].append(result)
+                prefix = f"r{i}-{kind}{workers}:"  # every run starts from empty sessions
+                began = time.monotonic()
+                r = run_config(kind, workers, redis_url, redis_server.pid, prefix,
+                               args.clients, args.events)
+                print(f"  round {i + 1}, {name}: {r['events_per_s']:.0f} events/s,"
+                      f" {r['connected']}/{args.clients} connected, {r['errors']} errors,"
+                      f" {time.monotonic() - began:.0f} s", flush=True)
+                results[name].append(r)
         report(results, args.clients, args.events)
     finally:
         stop(redis_server)

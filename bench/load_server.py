@@ -1,7 +1,7 @@
-"""The load benchmark's server: one eventlet worker.
+"""The load benchmark's server: one eventlet worker (bench/load.py runs it).
 
     python bench/load_server.py --kind bridge|anchor --port N --redis URL
-        [--message-queue URL]
+        [--message-queue URL] [--prefix P]
 
 ``bridge``: the session bridge on ``RedisStore(URL)``. ``anchor``: the setup
 users pick today, Flask-SocketIO ``manage_session=False`` plus Flask-Session
@@ -9,23 +9,16 @@ on Redis, given a pool that waits (redis-py's default pool is capped at 100
 connections and fails under this load). Both pools hold 50 connections.
 """
 
-import argparse
+import warnings
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--kind", choices=["bridge", "anchor"], required=True)
-parser.add_argument("--port", type=int, required=True)
-parser.add_argument("--redis", required=True)
-parser.add_argument("--message-queue", default=None)
-args = parser.parse_args()
-
-import warnings  # noqa: E402
-
+# eventlet's notice that it is deprecated (an EventletDeprecationWarning)
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 import eventlet  # noqa: E402
 
 eventlet.monkey_patch()
 
+import argparse  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 
@@ -37,6 +30,14 @@ from flask_socketio import SocketIO  # noqa: E402
 from flask_session_bridge import RedisStore  # noqa: E402
 from flask_session_bridge import SessionBridge  # noqa: E402
 
+parser = argparse.ArgumentParser()
+parser.add_argument("--kind", choices=["bridge", "anchor"], required=True)
+parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--redis", required=True)
+parser.add_argument("--message-queue", default=None)
+parser.add_argument("--prefix", default="bench:")
+args = parser.parse_args()
+
 _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -46,7 +47,7 @@ bridge = None
 if args.kind == "bridge":
     socketio = SocketIO(async_mode="eventlet")
     socketio.init_app(app, message_queue=args.message_queue)
-    bridge = SessionBridge(app, socketio, store=RedisStore(args.redis, prefix="bench:"))
+    bridge = SessionBridge(app, socketio, store=RedisStore(args.redis, prefix=args.prefix))
 else:
     from flask_session import Session
 
@@ -54,7 +55,7 @@ else:
     app.config.update(
         SESSION_TYPE="redis",
         SESSION_REDIS=redis.Redis(connection_pool=pool),
-        SESSION_KEY_PREFIX="anchor:",
+        SESSION_KEY_PREFIX=args.prefix,
     )
     Session(app)
     socketio = SocketIO(async_mode="eventlet", manage_session=False)
@@ -65,7 +66,7 @@ else:
 def login():
     if bridge is not None:
         bridge.regenerate()
-    session["user"] = "bench"
+    session["user"] = "u"
     return "ok"
 
 
@@ -82,4 +83,6 @@ def inc():
     return session["n"]
 
 
+# max_size: eventlet's WSGI server serves at most 1,024 connections at once
+# by default, and every open websocket holds one.
 socketio.run(app, host="127.0.0.1", port=args.port, log_output=False, max_size=5000)
