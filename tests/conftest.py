@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -183,6 +185,18 @@ def store(request, tmp_path):
     if server.process is None:  # a test stopped it
         server.start()
     return RedisStore(server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+
+
+def row_count(store) -> int:
+    """Everything a store holds: sessions, client mappings and locks."""
+    kind = type(store).__name__
+    if kind == "MemoryStore":
+        return len(store._sessions) + len(store._clients) + len(store._locks)
+    if kind == "SQLiteStore":
+        tables = ("bridge_sessions", "bridge_clients", "bridge_locks")
+        with closing(sqlite3.connect(store.path)) as db:
+            return sum(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
+    return sum(1 for _ in store.client.scan_iter(match=f"{store.prefix}*"))
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 
 import pytest
 from conftest import create_app
@@ -30,7 +33,7 @@ def parts(flaky_redis):
 def test_store_down_at_request_is_503_and_recovers(parts, flaky_redis, caplog):
     app, _socketio, _bridge = parts
     client = app.test_client()
-    client.post("/login/alice")
+    sid = client.post("/login/alice").json["sid"]
     flaky_redis.stop()
     with caplog.at_level(logging.ERROR, logger="flask_session_bridge"):
         response = client.get("/me")
@@ -39,8 +42,12 @@ def test_store_down_at_request_is_503_and_recovers(parts, flaky_redis, caplog):
     assert "unavailable" in response.text and len(response.text) < 100
     assert any("Redis" in r.getMessage() for r in caplog.records)
     assert client.get("/static-ish").status_code == 200  # untouched views keep working
+    assert client.post("/inc").status_code == 503
     flaky_redis.start()
-    assert client.get("/me").json["user"] == "alice"  # same app, no restart
+    assert client.get("/me").json == {  # same app, no restart; nothing was written
+        "user": "alice", "n": None, "items": None, "sid": sid
+    }
+    assert app.test_client().get("/me").json["user"] is None  # nothing leaked
 
 
 def test_store_down_at_socket_connect_refuses(parts, flaky_redis):
@@ -56,23 +63,7 @@ def test_store_down_at_socket_connect_refuses(parts, flaky_redis):
     assert sc.emit("whoami", callback=True)["user"] == "alice"
 
 
-def test_store_down_during_socket_event_is_an_error_ack(parts, flaky_redis):
-    app, socketio, _bridge = parts
-    client = app.test_client()
-    client.post("/login/alice")
-    sc = socketio.test_client(app, flask_test_client=client)
-    assert sc.emit("inc", callback=True) == 1
-    flaky_redis.stop()
-    ack = sc.emit("inc", callback=True)
-    assert ack["error"] == "StoreUnavailable"
-    assert sc.is_connected()
-    flaky_redis.start()
-    reply = sc.emit("whoami", callback=True)
-    assert reply["user"] == "alice" and reply["n"] == 1  # the failed write left nothing
-    assert sc.emit("inc", callback=True) == 2
-
-
-def test_store_down_while_saving_sets_no_cookie(parts, flaky_redis):
+def test_store_down_while_saving_sets_no_cookie(parts, flaky_redis, caplog):
     app, _socketio, _bridge = parts
 
     @app.post("/stop-then-write")
@@ -84,9 +75,51 @@ def test_store_down_while_saving_sets_no_cookie(parts, flaky_redis):
         return "written?"
 
     client = app.test_client()
-    response = client.post("/stop-then-write")
-    assert response.status_code == 503
+    with caplog.at_level(logging.ERROR, logger="flask_session_bridge"):
+        response = client.post("/stop-then-write")
+    assert response.status_code == 503 and "written?" not in response.text
     assert not any(c.startswith("session=") for c in response.headers.getlist("Set-Cookie"))
+    assert any("session not saved" in r.getMessage() for r in caplog.records)
+    flaky_redis.start()
+    assert client.get("/me").json["user"] is None
+
+
+def test_redis_stopped_for_five_seconds(parts, flaky_redis):
+    app, socketio, _bridge = parts
+    client = app.test_client()
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.emit("inc", callback=True) == 1
+    flaky_redis.stop()
+    answers = set()
+    down_until = time.monotonic() + 5
+    while time.monotonic() < down_until:
+        answers.add(client.post("/inc").status_code)
+        answers.add(sc.emit("inc", callback=True)["error"])
+        time.sleep(0.25)
+    assert answers == {503, "StoreUnavailable"}
+    flaky_redis.start()
+    assert client.post("/inc").json["n"] == 2  # the first request after succeeds; no
+    # failed write left anything behind
+    assert sc.emit("inc", callback=True) == 3 and sc.is_connected()
+
+
+def test_a_silently_dropping_redis_fails_within_its_timeout(flaky_redis):
+    # SIGSTOP: connections stay open and nothing answers, as with a network
+    # that drops packets. socket_timeout bounds every wait.
+    app, socketio, _bridge = create_app(RedisStore(f"{flaky_redis.url}?socket_timeout=0.5"))
+    client = app.test_client()
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+    os.kill(flaky_redis.process.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        assert client.get("/me").status_code == 503
+        assert sc.emit("whoami", callback=True)["error"] == "StoreUnavailable"
+        assert time.monotonic() - began < 3  # two calls, 0.5 s each, no retries
+    finally:
+        os.kill(flaky_redis.process.pid, signal.SIGCONT)
+    assert client.get("/me").json["user"] == "alice"
 
 
 def test_bad_store_url_fails_at_init_app():

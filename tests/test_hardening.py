@@ -8,7 +8,9 @@ import logging
 import threading
 import time
 
+import pytest
 from conftest import create_app
+from conftest import row_count
 from flask import session
 from hypothesis import given
 from hypothesis import HealthCheck
@@ -31,23 +33,96 @@ def test_tampered_cookie_logs_a_security_line(raw_client, store_calls, caplog):
     assert any("bad or expired signature" in r.getMessage() for r in caplog.records)
 
 
-def test_read_only_and_logout_requests_create_no_rows(app, bridge):
+def test_anonymous_read_only_and_logout_requests_leave_the_store_unchanged(app, bridge, store):
     saved = []
     from flask_session_bridge import signals
 
-    client = app.test_client()
+    alice = app.test_client()
+    alice.post("/login/alice")
+    stale = app.test_client()
+    stale.post("/login/bob")
+    stale_cookie = f"session={stale.get_cookie('session').value}"
+    stale.post("/logout")  # the store forgets bob's session; the cookie stays valid
+    rows = row_count(store)
+    client = app.test_client(use_cookies=False)
     with signals.session_saved.connected_to(lambda s, **kw: saved.append(kw), app):
-        for _ in range(2000):
-            client.get("/me")
-            client.post("/logout")
+        for _ in range(2500):  # 10,000 requests
+            for headers in ({}, {"Cookie": stale_cookie}):
+                assert client.get("/me", headers=headers).json["user"] is None
+                assert client.post("/logout", headers=headers).status_code == 200
     assert saved == []
-    assert client.get_cookie("session") is None
+    assert row_count(store) == rows
+    assert alice.get("/me").json["user"] == "alice"
 
 
-def test_well_signed_unknown_session_is_anonymous(app, client):
+def test_well_signed_unknown_session_is_anonymous(app, client, store, store_calls):
     forged = tokens.session_signer(app).sign(tokens.new_token()).decode()
     client.set_cookie("session", forged)
     assert client.get("/me").json == {"user": None, "n": None, "items": None, "sid": None}
+    assert "save" not in store_calls
+    assert row_count(store) == 0
+
+
+HOSTILE_VALUES = [
+    "", "a", "abcdefg", "x" * 10_000, "é" * 64,
+    "日本".encode().decode("latin-1"),  # UTF-8 bytes, as a browser sends them
+    '"a;b"', '"\\000abc"', "a\x00b",  # a quoted ';', NUL escaped and raw
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+def test_hostile_cookie_values_over_http_and_at_socket_connect(
+    app, socketio, raw_client, store, store_calls, value
+):
+    header = f"session={value}; session.cid={value}"
+    response = raw_client.get("/me", headers={"Cookie": header})
+    assert response.status_code == 200 and response.json["user"] is None
+    for connect in ({"headers": {"Cookie": header}}, {"auth": {"session_token": value}}):
+        sc = socketio.test_client(app, **connect)
+        if sc.is_connected():  # a bad session token is refused, bad cookies are anonymous
+            assert sc.emit("whoami", callback=True)["user"] is None
+            sc.disconnect()
+        else:
+            assert "auth" in connect
+    assert store_calls == [] and row_count(store) == 0
+
+
+@pytest.mark.parametrize("hostile", ["' OR 1=1--", "x'); DROP TABLE bridge_sessions;--",
+                                     "../x", "a/b", "*", "s:*"])
+def test_stores_keep_hostile_ids_literal(store, hostile):
+    # The bridge refuses such ids before any I/O; a store still treats any id
+    # as data (bound SQL parameters, prefixed Redis keys), never as syntax.
+    others = [f"{i:064x}" for i in (1, 2)]
+    for sid in [*others, hostile]:
+        token, _ = store.lock(sid, 5, 5)
+        store.save(sid, Record("c" * 64, f'{{"id":"{len(sid)}"}}'), 60, token, False)
+    assert store.get(hostile).data == f'{{"id":"{len(hostile)}"}}'
+    token, _ = store.lock(hostile, 5, 5)
+    store.delete(hostile, token)
+    assert store.get(hostile) is None
+    assert [store.get(sid).data for sid in others] == ['{"id":"64"}'] * 2
+
+
+def test_a_redis_key_named_like_a_session_id_is_never_read_or_written(redis_server):
+    import redis
+
+    from flask_session_bridge import RedisStore
+
+    server = redis.Redis.from_url(redis_server.url)
+    store = RedisStore(redis_server.url, prefix="app-sessions:")
+    app, _socketio, bridge = create_app(store)
+    client = app.test_client()
+    sid = client.post("/login/alice").json["sid"]
+    for key in (sid, f"s:{sid}", f"c:{sid}", f"l:{sid}"):
+        server.set(key, b"the app's own data")
+    client.post("/inc")
+    with app.app_context():
+        assert bridge.get_by_id(sid)["n"] == 1
+        assert bridge.destroy_by_id(sid)
+    assert [server.get(k) for k in (sid, f"s:{sid}", f"c:{sid}", f"l:{sid}")] == [
+        b"the app's own data"
+    ] * 4
+    server.delete(sid, f"s:{sid}", f"c:{sid}", f"l:{sid}")
 
 
 def test_tampered_client_cookie_gets_a_new_client_id(app, client, socketio):
@@ -99,6 +174,25 @@ def test_nested_unserializable_value_fails_at_write_back(client, socketio, app):
     ack = sc.emit("nested-bad", callback=True)
     assert ack["error"] == "SessionValueError" and "'items'" in ack["message"]
     assert client.get("/me").json["items"] is None
+
+
+def test_nested_unserializable_value_over_http_is_a_500_naming_the_key(app, client, caplog):
+    @app.post("/nested-bad")
+    def nested_bad():
+        session.setdefault("items", []).append({1, 2})
+        return "looked fine"
+
+    app.config["TESTING"] = False  # serve the error as a user would see it
+    client.post("/login/alice")
+    client.post("/inc")
+    with caplog.at_level(logging.ERROR):
+        response = client.post("/nested-bad")
+    assert response.status_code == 500 and b"looked fine" not in response.data
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert any("session['items'] cannot be stored" in str(e) for e in logged)
+    me = client.get("/me").json
+    assert (me["user"], me["n"], me["items"]) == ("alice", 1, None)
+    assert client.post("/inc").json["n"] == 2  # the lock was released
 
 
 def test_corrupt_stored_payload_is_an_empty_session(app, client, bridge, store, caplog):
@@ -168,6 +262,39 @@ def test_ids_are_random_and_independent():
     assert len(ids) == 1_000_000
     token = tokens.new_token()
     assert len(tokens.public_id(token)) == 64 and len(token) >= 43  # 256 bits
+
+
+def test_client_ids_are_independent_of_session_ids(app):
+    @app.get("/ids")
+    def ids():
+        return {"sid": session.sid, "client_id": session.client_id}
+
+    browser = app.test_client()
+    sids, client_ids = set(), set()
+    for name in ("alice", "bob", "carol"):  # logins regenerate the session id
+        browser.post(f"/login/{name}")
+        seen = browser.get("/ids").json
+        sids.add(seen["sid"])
+        client_ids.add(seen["client_id"])
+    assert len(sids) == 3 and len(client_ids) == 1  # one browser, one client id
+    others = {app.test_client().get("/ids").json["client_id"] for _ in range(100)}
+    assert len(others) == 100 and not others & client_ids and not others & sids
+
+
+def test_the_bridge_never_widens_allowed_origins():
+    from flask import Flask
+    from flask_socketio import SocketIO
+
+    from flask_session_bridge import MemoryStore
+    from flask_session_bridge import SessionBridge
+
+    for origins in (None, ["https://app.example"]):
+        app = Flask(__name__)
+        app.config["SECRET_KEY"] = "test secret"
+        socketio = SocketIO(app, async_mode="threading", cors_allowed_origins=origins)
+        SessionBridge(app, socketio, store=MemoryStore())
+        assert socketio.server.eio.cors_allowed_origins == origins
+        assert socketio.server_options.get("cors_allowed_origins") == origins
 
 
 def test_no_pickle_on_the_storage_path(client, app, bridge, store):
@@ -282,12 +409,36 @@ def test_expired_session_at_connect_and_while_connected(store):
     assert not socketio2.test_client(app2, flask_test_client=client2).is_connected()
 
 
-def test_refused_connects_leave_no_state():
+def test_validator_runs_at_connect_before_any_event(store):
+    refused = set()
+    calls = []
+    for missing in ("allow", "reject"):
+        app, socketio, bridge = create_app(store, socket_missing=missing)
+
+        @bridge.validator
+        def user_exists(s):
+            calls.append(s.get("user"))
+            return s.get("user") not in refused
+
+        client = app.test_client()
+        sid = client.post("/login/alice").json["sid"]
+        refused.add("alice")
+        calls.clear()
+        sc = socketio.test_client(app, flask_test_client=client)
+        assert calls == ["alice"]  # at the handshake, no event sent yet
+        with app.app_context():
+            assert bridge.get_by_id(sid) is None  # the refused session ended
+        if missing == "allow":
+            assert sc.is_connected() and sc.emit("whoami", callback=True)["user"] is None
+            sc.disconnect()
+        else:
+            assert not sc.is_connected()
+        refused.clear()
+
+
+def test_refused_connects_leave_no_state(store):
     # The Engine.IO side is python-socketio's (its test client never closes
     # refused connections); what the bridge keeps is in the store.
-    from flask_session_bridge import MemoryStore
-
-    store = MemoryStore()
     app, socketio, bridge = create_app(store, socket_missing="reject")
     client = app.test_client()
     client.post("/login/alice")
@@ -295,7 +446,36 @@ def test_refused_connects_leave_no_state():
     for _ in range(10_000):
         sc = socketio.test_client(app, flask_test_client=client)
         assert not sc.is_connected()
-    assert store._locks == {} and store._sessions == {} and store._clients == {}
+    assert row_count(store) == 0
+
+
+def test_a_handler_that_outlives_its_lock_blocks_no_one(store):
+    app, socketio, bridge = create_app(store, lock_expire=1)
+    started = threading.Event()
+
+    @socketio.on("stuck")
+    def stuck():
+        session["n"] = session.get("n", 0) + 100
+        started.set()
+        time.sleep(1.5)  # past lock_expire
+
+    client = app.test_client()
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+    answers = []
+
+    def http_inc():
+        started.wait(10)
+        answers.append(client.post("/inc").json["n"])
+
+    thread = threading.Thread(target=http_inc)
+    thread.start()
+    ack = sc.emit("stuck", callback=True)
+    thread.join(30)
+    assert answers == [1]  # HTTP got the session once the stuck lock expired
+    assert ack["error"] == "SessionLockTimeout"  # its late write-back was refused
+    assert client.get("/me").json["n"] == 1
+    assert sc.emit("inc", callback=True) == 2
 
 
 # The app is built once per test; each example makes its own clients.
@@ -316,11 +496,13 @@ def test_fuzz_cookie_headers(app, session_value, client_value):
     assert response.json["user"] is None
 
 
+def containers(children):
+    keys = st.sampled_from(["session_token", "token", "x"])
+    return st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=3)
+
+
 auth_payloads = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=200),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["session_token", "token", "x"]), children, max_size=3),
-    max_leaves=8,
+    st.none() | st.booleans() | st.integers() | st.text(max_size=200), containers, max_leaves=8
 )
 
 

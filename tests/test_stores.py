@@ -596,6 +596,47 @@ def test_redis_that_stops_answering_fails_fast(own_redis):
     assert time.monotonic() - start < 2.0
 
 
+@pytest.mark.parametrize("by", ["session id", "client id"])
+def test_a_lock_taken_by_a_call_that_timed_out_is_freed(own_redis, by):
+    # The timed-out script still runs once Redis answers again: its lock,
+    # whose token nobody got, must not block the session until it expires.
+    store = RedisStore(f"{own_redis.url}?socket_timeout=0.5")
+    s, c = new_id(), new_id()
+    put(store, s, c, "data")
+    _s, token, _record = lock_client(store, c, 30.0, 1.0)  # Redis knows both scripts now
+    store.release(s, token, None)
+    os.kill(own_redis.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailable):
+            if by == "session id":
+                store.lock(s, 30.0, 1.0)
+            else:
+                lock_client(store, c, 30.0, 1.0)
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+    assert len(store._unsure) == 1
+    token, record = store.lock(s, 30.0, 1.0)  # would wait 30 s for the stale lock
+    assert record == Record(c, "data")
+    assert store._unsure == {}
+    store.release(s, token, None)
+    assert lock_client(store, c, 30.0, 1.0)[0] == s
+
+
+def test_a_retried_lock_script_does_not_wait_for_itself(own_redis):
+    # A client with retries may send a locking script again after it ran.
+    store = RedisStore(own_redis.url)
+    s, c = new_id(), new_id()
+    put(store, s, c)
+    keys = [store._lock_key(s), store._session_key(s)]
+    assert store._lock(keys=keys, args=["token", 5000])[0] == 1
+    assert store._lock(keys=keys, args=["token", 5000])[0] == 1
+    assert store._lock(keys=keys, args=["other", 5000])[0] == 0
+    by_client = {"keys": [store._client_key(c)], "args": ["token", 5000, store.prefix]}
+    assert store._lock_client(**by_client)[0] == 1
+    by_client["args"][0] = "other"
+    assert store._lock_client(**by_client)[0] == 2
+
+
 def test_package_imports_without_redis():
     script = (
         "import sys; sys.modules['redis'] = None\n"

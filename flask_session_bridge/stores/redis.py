@@ -17,9 +17,12 @@ if t.TYPE_CHECKING:
 
 _T = t.TypeVar("_T")
 
-# A session is stored as "<client id>\n<data>", so one GET reads both.
+# A session is stored as "<client id>\n<data>", so one GET reads both. A
+# lock already held with the caller's own token counts as taken: a script
+# that a client retried after it ran once must not wait for itself.
 _LOCK = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local key = KEYS[1]
+if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', key) == ARGV[1] then
     return {1, redis.call('GET', KEYS[2])}
 end
 return {0}
@@ -28,11 +31,35 @@ return {0}
 _LOCK_CLIENT = """
 local session_id = redis.call('GET', KEYS[1])
 if not session_id then return {0} end
-if redis.call('SET', ARGV[3] .. 'l:' .. session_id, ARGV[1], 'NX', 'PX', ARGV[2]) then
+local key = ARGV[3] .. 'l:' .. session_id
+if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', key) == ARGV[1] then
     return {1, session_id, redis.call('GET', ARGV[3] .. 's:' .. session_id)}
 end
 return {2, session_id}
 """
+
+# Frees locks taken by calls that failed: ARGV is the prefix, then pairs of
+# ("l:<session id>" or "c:<client id>", token). Returns the tokens it found.
+_FREE = """
+local found = {}
+for i = 2, #ARGV, 2 do
+    local key = ARGV[1] .. ARGV[i]
+    if string.sub(ARGV[i], 1, 2) == 'c:' then
+        local session_id = redis.call('GET', key)
+        key = session_id and (ARGV[1] .. 'l:' .. session_id)
+    end
+    if key and redis.call('GET', key) == ARGV[i + 1] then
+        redis.call('DEL', key)
+        table.insert(found, ARGV[i + 1])
+    end
+end
+return found
+"""
+
+#: Locks of failed calls remembered at most; more are left to expire.
+_MAX_UNSURE = 1000
+#: Seconds between attempts to free them.
+_FREE_EVERY = 0.1
 
 _SAVE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
@@ -110,6 +137,13 @@ class RedisStore:
     (``"{sessions}:"``): the scripts touch a session's keys and its client's
     mapping together, so they must share a slot.
 
+    A locking call that fails may still run in Redis (a timeout after the
+    request was sent), leaving a lock nobody holds. The store remembers such
+    locks (up to 1,000) and frees them at its next locking calls, so the
+    session is not blocked until the lock expires. This is best effort: only
+    this store object knows them, and a lock asked for by client id is found
+    through the client's current session.
+
     Redis expires keys itself, so :meth:`cleanup` finds nothing to remove and
     returns an empty list; a session's end by expiry is noticed when it is
     next read.
@@ -154,6 +188,12 @@ class RedisStore:
         self._save = self.client.register_script(_SAVE)
         self._release = self.client.register_script(_RELEASE)
         self._delete = self.client.register_script(_DELETE)
+        self._free = self.client.register_script(_FREE)
+        #: token -> (lock name, lock expiry in seconds, monotonic time the
+        #: lock expires once Redis answered again) of locking calls that
+        #: failed and may still run.
+        self._unsure: dict[str, tuple[str, float, float | None]] = {}
+        self._next_free = 0.0
 
     def _session_key(self, session_id: str) -> str:
         return f"{self.prefix}s:{session_id}"
@@ -170,6 +210,42 @@ class RedisStore:
         except self._errors as e:
             raise StoreUnavailable(f"Redis store: {e}", original_error=e) from e
 
+    def _call_locking(
+        self, name: str, token: str, expire: float, work: t.Callable[[], _T]
+    ) -> _T:
+        """Run a locking script; if it fails, remember its lock as unsure."""
+        if self._unsure:
+            self._free_unsure()
+        try:
+            return self._call(work)
+        except StoreUnavailable:
+            if len(self._unsure) < _MAX_UNSURE:
+                self._unsure[token] = (name, expire, None)
+            raise
+
+    def _free_unsure(self) -> None:
+        now = time.monotonic()
+        if now < self._next_free:
+            return
+        self._next_free = now + _FREE_EVERY
+        args = [self.prefix]
+        for token, (name, _expire, until) in list(self._unsure.items()):
+            if until is not None and until <= now:
+                self._unsure.pop(token, None)  # its lock, if taken, has expired
+            else:
+                args += [name, token]
+        if len(args) == 1:
+            return
+        # keys: routes the script to the prefix's slot under Redis Cluster.
+        found = self._call(lambda: self._free(keys=[self.prefix], args=args))
+        for token in found:
+            self._unsure.pop(_text(token), None)
+        # Redis answers again, so a failed call still queued there runs about
+        # now: the lock it may take expires at the latest ``expire`` from now.
+        for token, (name, expire, until) in list(self._unsure.items()):
+            if until is None:
+                self._unsure[token] = (name, expire, now + expire)
+
     def get(self, session_id: str) -> Record | None:
         return _record(self._call(lambda: self.client.get(self._session_key(session_id))))
 
@@ -183,7 +259,10 @@ class RedisStore:
         deadline = time.monotonic() + timeout
         delay = 0.001
         while True:
-            reply = self._call(lambda: self._lock(keys=keys, args=[token, _ms(expire)]))
+            reply = self._call_locking(
+                f"l:{session_id}", token, expire,
+                lambda: self._lock(keys=keys, args=[token, _ms(expire)]),
+            )
             if reply[0] == 1:
                 return token, _record(reply[1] if len(reply) > 1 else None)
             if time.monotonic() >= deadline:
@@ -200,7 +279,9 @@ class RedisStore:
         token = secrets.token_hex(16)
         keys = [self._client_key(client_id)]
         args: list[str | int] = [token, _ms(expire), self.prefix]
-        reply = self._call(lambda: self._lock_client(keys=keys, args=args))
+        reply = self._call_locking(
+            f"c:{client_id}", token, expire, lambda: self._lock_client(keys=keys, args=args)
+        )
         if reply[0] == 0:
             return None, None, None
         session_id = _text(reply[1])
