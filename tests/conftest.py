@@ -253,6 +253,10 @@ def create_app(
     def destroy(sid):
         return {"destroyed": bridge.destroy_by_id(sid)}
 
+    @app.get("/ids")
+    def ids():
+        return {"sid": session.sid, "client_id": session.client_id}
+
     @app.get("/static-ish")
     def untouched():
         return "no session here"
@@ -260,6 +264,10 @@ def create_app(
     @socketio.on("whoami")
     def whoami():
         return {"user": session.get("user"), "n": session.get("n"), "sid": session.sid}
+
+    @socketio.on("ids")
+    def socket_ids():
+        return {"sid": session.sid, "client_id": session.client_id}
 
     @socketio.on("inc")
     def socket_inc():

@@ -473,14 +473,6 @@ def test_keyword_option_wins_over_config():
 
 
 def test_ids_available_in_views_and_handlers_without_reading_data(app, socketio, client, bridge):
-    @app.get("/ids")
-    def ids():
-        return {"sid": session.sid, "client_id": session.client_id}
-
-    @socketio.on("ids")
-    def socket_ids():
-        return {"sid": session.sid, "client_id": session.client_id}
-
     sid = client.post("/login/alice").json["sid"]
     over_http = client.get("/ids").json
     sc = socketio.test_client(app, flask_test_client=client)

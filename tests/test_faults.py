@@ -99,8 +99,8 @@ def test_redis_stopped_for_five_seconds(parts, flaky_redis):
         time.sleep(0.25)
     assert answers == {503, "StoreUnavailable"}
     flaky_redis.start()
-    assert client.post("/inc").json["n"] == 2  # the first request after succeeds; no
-    # failed write left anything behind
+    # The first request after succeeds, and no failed write left anything.
+    assert client.post("/inc").json["n"] == 2
     assert sc.emit("inc", callback=True) == 3 and sc.is_connected()
 
 
