@@ -17,6 +17,8 @@ import pytest
 from conftest import free_port
 from conftest import wait_for_port
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -77,9 +79,13 @@ def text(browser, element_id):
 
 
 def wait_text(browser, element_id, expected):
-    # NoSuchElementException, while a page loads, counts as "not yet".
+    # While a form post reloads the page, the element is missing or belongs
+    # to the old page (stale): both mean "not yet".
+    wait = WebDriverWait(
+        browser, 10, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+    )
     try:
-        WebDriverWait(browser, 10).until(lambda b: text(b, element_id) == expected)
+        wait.until(lambda b: text(b, element_id) == expected)
     except TimeoutException:
         pytest.fail(f"#{element_id} shows {text(browser, element_id)!r}, not {expected!r}")
 
