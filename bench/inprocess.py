@@ -12,6 +12,10 @@ over rounds of the per-round ratio.
 
 The anchor is Flask-SocketIO ``manage_session=False`` plus Flask-Session's
 Redis backend (``pip install -e '.[bench]'``).
+
+Two more rows time what a session event cannot skip, for the floors printed
+under the table: a tagged JSON load and dump of the session's data, and one
+Redis round trip.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from flask_session_bridge import MemoryStore
 from flask_session_bridge import RedisStore
 from flask_session_bridge import SessionBridge
 from flask_session_bridge import SQLiteStore
+from flask_session_bridge.session import deserialize
+from flask_session_bridge.session import serialize
 
 DISTRIBUTIONS = (
     "flask", "werkzeug", "flask-socketio", "python-socketio", "python-engineio",
@@ -61,6 +67,11 @@ HTTP = {
     "http-anchor": "HTTP view, n += 1, Flask-Session redis",
     "http-untouched": "HTTP view, never touches the session, bridge",
     "http-none": "HTTP view, plain Flask, request with no cookie",
+}
+#: What a session event cannot do without: where the time goes.
+PARTS = {
+    "json": "tagged JSON load + dump of the session's data",
+    "ping": "one redis-py round trip (PING)",
 }
 
 #: (meaning, numerator, denominator, goal): each ratio is time / time, so
@@ -191,6 +202,10 @@ def check(condition: bool, message: str) -> None:
 
 
 def operations(url: str, folder: str) -> Operations:
+    # Rules 3 and 4 of the design: each event loads the session fresh and
+    # serializes it to find changes, nested ones included.
+    data = {"user": "bench", "n": 12345}
+    client = redis.Redis.from_url(url)
     memory = Client(bridge_app(MemoryStore()))
     sqlite = Client(bridge_app(SQLiteStore(f"{folder}/bench.db")))
     on_redis = Client(bridge_app(RedisStore(url, prefix="bench-bridge:")))
@@ -210,6 +225,8 @@ def operations(url: str, folder: str) -> Operations:
         "http-anchor": anchor.post_inc,
         "http-untouched": memory.get_untouched,
         "http-none": no_session.get_untouched,
+        "json": lambda: deserialize(serialize(data)),
+        "ping": lambda: check(client.ping(), "redis PING failed"),
     }
 
 
@@ -239,9 +256,13 @@ def report(results: dict[str, list[float]], count: int) -> None:
     print(f"{rounds} rounds x {count} operations per configuration; medians")
     print()
     print(f"{'configuration':<52} {'us/op':>8} {'ops/s':>8}")
-    for name, label in {**SOCKET, **HTTP}.items():
+    for name, label in {**SOCKET, **HTTP, **PARTS}.items():
         us = statistics.median(results[name])
         print(f"{label:<52} {us:8.1f} {1e6 / us:8.0f}")
+    bare, json_, ping = (statistics.median(results[n]) for n in ("bare", "json", "ping"))
+    print()
+    print(f"floor of a memory event, bare + JSON: {(bare + json_) / bare:.2f}x the bare event")
+    print(f"floor of a Redis event, bare + JSON + 2 round trips: {bare + json_ + 2 * ping:.0f} us")
     print()
     print(f"{'ratio':<48} {'value':>6}  goal")
     for meaning, numerator, denominator, goal in RATIOS:
