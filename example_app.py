@@ -231,8 +231,12 @@ function anonymous() {
 
 const socket = io();
 socket.on("connect", () => {
-  setStatus("connected");
-  socket.emit("state", show);
+  // "connected" once the page shows the session: a reply to this "state"
+  // arriving after a later change would show an old count.
+  socket.emit("state", (state) => {
+    show(state);
+    setStatus("connected");
+  });
 });
 socket.on("state", show);  // a change made in another tab
 socket.on("disconnect", (reason) => setStatus("disconnected: " + reason));

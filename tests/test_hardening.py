@@ -384,13 +384,13 @@ def test_lock_released_when_handler_raises_and_other_sessions_never_blocked(app,
 
 def test_expired_session_at_connect_and_while_connected(store):
     app, socketio, bridge = create_app(store)
-    app.permanent_session_lifetime = 1
+    app.permanent_session_lifetime = 2
     client = app.test_client()
     client.post("/login/alice")
     sc = socketio.test_client(app, flask_test_client=client)
     assert sc.emit("whoami", callback=True)["user"] == "alice"
     sc.get_received()
-    time.sleep(1.2)
+    time.sleep(2.2)
     assert sc.emit("whoami", callback=True)["user"] is None
     assert [e["args"][0] for e in sc.get_received()] == [{"reason": "expired"}]
     late = socketio.test_client(app, flask_test_client=client)

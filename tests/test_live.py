@@ -34,7 +34,10 @@ def test_polling_transport_shares_the_session_too(server, browser_factory):
     browser = browser_factory(server)
     browser.post("/login/alice")
     sc = socketio_client.Client(reconnection=False)
-    sc.connect(server.url, transports=["polling"], headers={"Cookie": browser.cookie_header()})
+    sc.connect(
+        server.url, transports=["polling"], headers={"Cookie": browser.cookie_header()},
+        wait_timeout=10,
+    )
     try:
         assert sc.call("inc", timeout=10) == 1
         assert browser.get("/me").json()["n"] == 1
@@ -109,10 +112,10 @@ def test_cross_origin_handshake_with_valid_cookies_is_refused(server, browser_fa
         evil = socketio_client.Client(reconnection=False)
         headers = {**cookies, "Origin": evil_origin}
     with pytest.raises(socketio_client.exceptions.ConnectionError):
-        evil.connect(server.url, transports=[transport], headers=headers, wait_timeout=5)
+        evil.connect(server.url, transports=[transport], headers=headers, wait_timeout=10)
     sc = socketio_client.Client(reconnection=False)
     same_origin = {**cookies, "Origin": server.url} if transport == "polling" else cookies
-    sc.connect(server.url, transports=[transport], headers=same_origin, wait_timeout=5)
+    sc.connect(server.url, transports=[transport], headers=same_origin, wait_timeout=10)
     try:
         assert sc.call("whoami", timeout=10)["user"] == "alice"
     finally:
