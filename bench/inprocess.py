@@ -201,11 +201,10 @@ def check(condition: bool, message: str) -> None:
         sys.exit(f"bench aborted: {message}")
 
 
-def operations(url: str, folder: str) -> Operations:
+def operations(url: str, client: redis.Redis, folder: str) -> Operations:
     # Rules 3 and 4 of the design: each event loads the session fresh and
     # serializes it to find changes, nested ones included.
     data = {"user": "bench", "n": 12345}
-    client = redis.Redis.from_url(url)
     memory = Client(bridge_app(MemoryStore()))
     sqlite = Client(bridge_app(SQLiteStore(f"{folder}/bench.db")))
     on_redis = Client(bridge_app(RedisStore(url, prefix="bench-bridge:")))
@@ -298,7 +297,7 @@ def main() -> None:
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        report(measure(operations(url, folder), args.rounds, args.ops), args.ops)
+        report(measure(operations(url, client, folder), args.rounds, args.ops), args.ops)
     finally:
         server.terminate()
         server.wait(10)

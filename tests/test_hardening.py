@@ -7,16 +7,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import datetime
+from datetime import timezone
+from uuid import UUID
 
 import pytest
+import redis
 from conftest import create_app
 from conftest import row_count
+from flask import Flask
 from flask import session
+from flask_socketio import SocketIO
 from hypothesis import given
 from hypothesis import HealthCheck
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from flask_session_bridge import MemoryStore
+from flask_session_bridge import RedisStore
+from flask_session_bridge import SessionBridge
+from flask_session_bridge import signals
 from flask_session_bridge import tokens
 from flask_session_bridge.stores.base import Record
 
@@ -35,8 +45,6 @@ def test_tampered_cookie_logs_a_security_line(raw_client, store_calls, caplog):
 
 def test_anonymous_read_only_and_logout_requests_leave_the_store_unchanged(app, bridge, store):
     saved = []
-    from flask_session_bridge import signals
-
     alice = app.test_client()
     alice.post("/login/alice")
     stale = app.test_client()
@@ -104,10 +112,6 @@ def test_stores_keep_hostile_ids_literal(store, hostile):
 
 
 def test_a_redis_key_named_like_a_session_id_is_never_read_or_written(redis_server):
-    import redis
-
-    from flask_session_bridge import RedisStore
-
     server = redis.Redis.from_url(redis_server.url)
     store = RedisStore(redis_server.url, prefix="app-sessions:")
     app, _socketio, bridge = create_app(store)
@@ -277,12 +281,6 @@ def test_client_ids_are_independent_of_session_ids(app):
 
 
 def test_the_bridge_never_widens_allowed_origins():
-    from flask import Flask
-    from flask_socketio import SocketIO
-
-    from flask_session_bridge import MemoryStore
-    from flask_session_bridge import SessionBridge
-
     for origins in (None, ["https://app.example"]):
         app = Flask(__name__)
         app.config["SECRET_KEY"] = "test secret"
@@ -293,10 +291,6 @@ def test_the_bridge_never_widens_allowed_origins():
 
 
 def test_no_pickle_on_the_storage_path(client, app, bridge, store):
-    from datetime import datetime
-    from datetime import timezone
-    from uuid import UUID
-
     @app.post("/rich")
     def rich():
         session.update(

@@ -20,19 +20,21 @@ _T = t.TypeVar("_T")
 # A session is stored as "<client id>\n<data>", so one GET reads both. A
 # lock already held with the caller's own token counts as taken: a script
 # that a client retried after it ran once must not wait for itself.
-_LOCK = """
-local key = KEYS[1]
-if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', key) == ARGV[1] then
-    return {1, redis.call('GET', KEYS[2])}
+_TAKE = """
+local function take(key)
+    return redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', key) == ARGV[1]
 end
+"""
+
+_LOCK = _TAKE + """
+if take(KEYS[1]) then return {1, redis.call('GET', KEYS[2])} end
 return {0}
 """
 
-_LOCK_CLIENT = """
+_LOCK_CLIENT = _TAKE + """
 local session_id = redis.call('GET', KEYS[1])
 if not session_id then return {0} end
-local key = ARGV[3] .. 'l:' .. session_id
-if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', key) == ARGV[1] then
+if take(ARGV[3] .. 'l:' .. session_id) then
     return {1, session_id, redis.call('GET', ARGV[3] .. 's:' .. session_id)}
 end
 return {2, session_id}
