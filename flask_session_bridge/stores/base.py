@@ -1,9 +1,13 @@
 """The store protocol: what the bridge asks of a session store.
 
 A store keeps three things, each with an expiry: session records (by public
-session id), the client mapping (public client id to its current session id),
-and one lock per session. Write your own by implementing :class:`Store`; the
-bridge never calls anything else.
+session id), the client mapping (public client id to the session HTTP last
+gave it: informational, never a way into a session), and one lock per
+session. A lock is a lease: it is free again ``expire`` seconds after it was
+taken or last renewed, so a crashed holder blocks nobody for long, while the
+bridge renews the leases of work still running (:mod:`..leases`). Write your
+own store by implementing :class:`Store`; the bridge never calls anything
+else.
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ class Store(t.Protocol):
         :raise SessionLockTimeout: the lock was not free in time.
         """
 
+    def renew(self, session_id: str, token: str, expire: float) -> bool:
+        """Extend the lease of a lock ``token`` holds to ``expire`` seconds
+        from now. Returns ``False``, changing nothing, if ``token`` no longer
+        holds it (it expired and may have been taken by another).
+        """
+
     def save(self, session_id: str, record: Record, max_age: float, token: str, link: bool) -> bool:
         """Write the record to expire after ``max_age``, refresh the client
         mapping, and release the lock, as one step. Returns whether the
@@ -68,21 +78,3 @@ class Store(t.Protocol):
         keys itself may return an empty list.
         """
 
-
-def lock_client(
-    store: Store, client_id: str, expire: float, timeout: float
-) -> tuple[str | None, str | None, Record | None]:
-    """Find the client's current session, lock it and read it. Returns
-    ``(session_id, token, record)``, all ``None`` if the client has none.
-
-    A store may do this in one step with a ``lock_client`` method of the same
-    signature (Redis: one round trip instead of two); this is the fallback.
-    """
-    fast = getattr(store, "lock_client", None)
-    if fast is not None:
-        return fast(client_id, expire, timeout)  # type: ignore[no-any-return]
-    session_id = store.get_session_id(client_id)
-    if session_id is None:
-        return None, None, None
-    token, record = store.lock(session_id, expire, timeout)
-    return session_id, token, record
