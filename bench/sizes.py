@@ -206,7 +206,7 @@ def contention(url: str, per_session: list[int], events: int) -> None:
             client = Client(app, 0, sockets=count)
             errors: list[BaseException] = []
 
-            def send(sock: t.Any) -> None:
+            def send(sock: t.Any, errors: list[BaseException] = errors) -> None:
                 try:
                     for _ in range(events):
                         sock.emit("inc", callback=True)
@@ -226,7 +226,8 @@ def contention(url: str, per_session: list[int], events: int) -> None:
             row.append((cpu_us, final))
         (b_cpu, b_kept), (a_cpu, a_kept) = row
         total = count * events
-        print(f"{count:>7}  {b_cpu:19.0f} {a_cpu:19.0f} {b_kept:>6}/{total:<4} {a_kept:>6}/{total:<4}")
+        print(f"{count:>7}  {b_cpu:19.0f} {a_cpu:19.0f}"
+              f" {b_kept:>6}/{total:<4} {a_kept:>6}/{total:<4}")
 
 
 def main() -> None:

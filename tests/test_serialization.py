@@ -34,7 +34,7 @@ tagged = st.one_of(
     st.datetimes(timezones=st.just(timezone.utc)).map(lambda d: d.replace(microsecond=0)),
     st.text(max_size=10).map(Markup),
 )
-keys = st.one_of(st.text(max_size=8), st.sampled_from(TAG_KEYS + [" x", "a", "__"]))
+keys = st.one_of(st.text(max_size=8), st.sampled_from([*TAG_KEYS, " x", "a", "__"]))
 
 
 def values(leaves):
