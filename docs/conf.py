@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-import flask_session_bridge  # noqa: E402
+import flask_session_bridge
 
 project = "flask_session_bridge"
 copyright = "2026, the flask_session_bridge authors"
