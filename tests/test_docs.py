@@ -132,9 +132,13 @@ def test_configuration_table_is_what_init_app_sets():
     # Flask-SocketIO and the tests' factory set nothing under this prefix.
     actual = {k: v for k, v in app.config.items() if k.startswith("SESSION_BRIDGE_")}
     assert set(actual) == set(documented)
-    if actual["SESSION_BRIDGE_LOCK_EXPIRE"] == 30:
+    lease = "SESSION_BRIDGE_LOCK_EXPIRE"
+    assert {k: v for k, v in actual.items() if k != lease} == {
+        k: v for k, v in documented.items() if k != lease
+    }
+    if actual[lease] == 30:
         pytest.xfail("lock_expire default 5 s is issue 12's core change, not merged yet")
-    assert actual == documented
+    assert actual[lease] == documented[lease]
 
 
 def test_configuration_example_runs(tmp_path, monkeypatch):
