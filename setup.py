@@ -1,12 +1,19 @@
+import re
+
 from setuptools import find_packages
 from setuptools import setup
 
 with open("README.rst", encoding="utf-8") as f:
     long_description = f.read()
 
+# One place for the version: the package's __version__.
+with open("flask_session_bridge/__init__.py", encoding="utf-8") as f:
+    version = re.search(r'^__version__ = "(.+)"$', f.read(), re.M).group(1)
+
 setup(
     name="flask_session_bridge",
-    version="0.1.0",
+    version=version,
+    license="BSD-3-Clause",
     description="One server-side session for Flask views and Flask-SocketIO handlers.",
     long_description=long_description,
     long_description_content_type="text/x-rst",
@@ -26,7 +33,12 @@ setup(
         # bench/: the anchor (Flask-Session) and the load test's asyncio client.
         "bench": ["redis>=5.0", "flask-session>=0.8", "eventlet>=0.36",
                   "python-socketio[asyncio_client]>=5.11.2", "aiohttp"],
+        # docs/: built by .ci/run with warnings as errors.
+        "docs": ["sphinx>=7"],
+        # Gunicorn 26 dropped the eventlet worker; 25 adds a control socket in ~/.gunicorn.
+        "deploy": ["gunicorn>=23,<25"],
         "test": [
+            "gunicorn>=23,<25",
             "pytest>=8",
             "pytest-timeout",
             "redis>=5.0",
@@ -44,7 +56,6 @@ setup(
     },
     classifiers=[
         "Framework :: Flask",
-        "License :: OSI Approved :: BSD License",
         "Programming Language :: Python :: 3",
     ],
 )

@@ -1,3 +1,5 @@
+__version__ = "0.2.0.dev0"
+
 from .bridge import SessionBridge as SessionBridge
 from .exceptions import SessionBridgeError as SessionBridgeError
 from .exceptions import SessionLockTimeout as SessionLockTimeout
