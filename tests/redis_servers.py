@@ -182,8 +182,8 @@ class SentinelSet:
         for process in self.servers:
             process.start()
         wait_until(
-            lambda: "connected_slaves:1" in cli(self.servers[0].port, "INFO", "replication"),
-            30, "replica connected",
+            lambda: "min_slaves_good_slaves:1" in cli(self.servers[0].port, "INFO", "replication"),
+            30, "replica in sync",
         )
         self.sentinel.start()
         wait_until(lambda: "num-slaves" in cli(self.sentinel_port, "SENTINEL", "MASTER",

@@ -254,6 +254,11 @@ class RedisStore:
         # sending; a margin covers the two clocks running at slightly
         # different rates.
         self._fence = (timeout if timeout is not None else 5.0) * 0.95
+        if wait_replicas and timeout is not None and wait_timeout >= timeout * 0.8:
+            raise ValueError(
+                f"wait_timeout ({wait_timeout:g}s) must be well under the client's"
+                f" socket timeout ({timeout:g}s): the WAIT reply is read with it"
+            )
         self._longest_block = (timeout * 0.8) if timeout is not None else _LONGEST_BLOCK
         # A BLPOP holds a pool connection while it waits: at most half the
         # pool waits that way, so holders always find one to release with;
@@ -312,7 +317,7 @@ class RedisStore:
             for _attempt in range(2):
                 pipe = self.client.pipeline(transaction=False)
                 for script, keys, args in steps:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 if wait:
                     pipe.wait(self.wait_replicas, _ms(self.wait_timeout))
                 replies = pipe.execute(raise_on_error=False)
@@ -328,9 +333,10 @@ class RedisStore:
 
         replies = self._call(work)
         if wait and replies[-1] < self.wait_replicas:
+            # The master has the write; a failover may lose it or keep it.
             raise StoreUnavailable(
                 f"Redis store: {replies[-1]} of {self.wait_replicas} replicas"
-                f" confirmed the write within {self.wait_timeout:g}s"
+                f" confirmed the write within {self.wait_timeout:g}s (outcome unknown)"
             )
         return replies[: len(steps)]
 
