@@ -113,7 +113,19 @@ _PASS_ON = _WAKE + "wake(KEYS[1], KEYS[2])"
 _TOUCH_CLIENT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 """
-_SET_CLIENT = "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])"
+# Returns the session the mapping named before, so that a save Redis
+# refused can put it back.
+_LINK_CLIENT = """
+local before = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return before
+"""
+# KEYS: mapping. ARGV: session id, the session named before or '', ms.
+_UNDO_LINK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1])
+else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+"""
 _UNLINK_CLIENT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 """
@@ -272,11 +284,13 @@ class RedisStore:
         self._delete = self.client.register_script(_DELETE)
         self._pass_on = self.client.register_script(_PASS_ON)
         self._touch_client = self.client.register_script(_TOUCH_CLIENT)
-        self._set_client = self.client.register_script(_SET_CLIENT)
+        self._link_client = self.client.register_script(_LINK_CLIENT)
+        self._undo_link = self.client.register_script(_UNDO_LINK)
         self._unlink_client = self.client.register_script(_UNLINK_CLIENT)
         self._scripts = (
             self._lock, self._renew, self._save, self._release, self._delete,
-            self._pass_on, self._touch_client, self._set_client, self._unlink_client,
+            self._pass_on, self._touch_client, self._link_client, self._undo_link,
+            self._unlink_client,
         )
         #: token -> what this store knows of a lock it holds.
         self._held: dict[str, _Held] = {}
@@ -432,17 +446,19 @@ class RedisStore:
         steps: list[tuple[Script, list[str], list[str | int]]] = [
             (self._save, self._keys(session_id), [token, value, age, deadline])
         ]
+        # The mapping is in another slot: it goes in the same round trip, and
+        # is put back if Redis refused the save.
         mapping = [self._client_key(record.client_id)]
-        if link:
-            # A plain SET has no script to carry: the mapping is one key.
-            steps.append((self._set_client, mapping, [session_id, age]))
-        else:
-            steps.append((self._touch_client, mapping, [session_id, age]))
+        step = self._link_client if link else self._touch_client
+        steps.append((step, mapping, [session_id, age]))
         try:
-            reply = self._round_trip(steps, self.wait_replicas > 0)[0]
+            reply, before = self._round_trip(steps, self.wait_replicas > 0)
         except StoreUnavailable:
             self._remember_unsure(session_id, token)
             raise
+        if reply < 0 and link:
+            undo: list[str | int] = [session_id, "" if before is None else _text(before), age]
+            self._call(lambda: self._undo_link(keys=mapping, args=undo))
         if reply == -1:
             raise SessionLockTimeout("session lock expired before write-back", session_id)
         if reply == -2:
