@@ -486,7 +486,11 @@ class RedisStore:
     def delete(self, session_id: str, token: str) -> Record | None:
         self._held.pop(token, None)
         try:
-            (value,) = self._round_trip([(self._delete, self._keys(session_id), [token])])
+            # Replicated like a save: a logout a failover undid would let the
+            # session back in.
+            (value,) = self._round_trip(
+                [(self._delete, self._keys(session_id), [token])], self.wait_replicas > 0
+            )
         except StoreUnavailable:
             self._remember_unsure(session_id, token)
             raise
