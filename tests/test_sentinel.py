@@ -67,7 +67,7 @@ def test_failover_loses_no_acknowledged_increment(redis_sentinel):
         before = len(acknowledged)
         redis_sentinel.failover()
         failed_over = time.monotonic()
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 50
         while redis_sentinel.master_port() == old_master and time.monotonic() < deadline:
             time.sleep(0.1)
         assert redis_sentinel.master_port() != old_master
