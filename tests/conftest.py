@@ -21,6 +21,8 @@ from flask_socketio import SocketIO
 from flask_session_bridge import MemoryStore
 from flask_session_bridge import SessionBridge
 
+pytest_plugins = ["redis_servers"]
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from conftest import create_app
 from conftest import RedisServer
 
 from flask_session_bridge import RedisStore
+from flask_session_bridge import SessionLockTimeout
 
 
 @pytest.fixture
@@ -173,3 +175,134 @@ def test_store_down_during_socket_write_back(flaky_redis):
     assert sc.is_connected()
     flaky_redis.start()
     assert sc.emit("whoami", callback=True)["n"] == 1
+
+
+def test_redis_restarted_while_a_lock_is_held(parts, flaky_redis):
+    # Redis goes down during the request and comes back with its data
+    # (AOF), so the lock the failed write-back could not release survives.
+    # The store that failed to release it frees it as soon as Redis answers;
+    # any other worker waits at most the lease (5 s), not 30 s.
+    app, _socketio, _bridge = create_app(RedisStore(flaky_redis.url), lock_expire=5)
+    other_worker, _s, _b = create_app(RedisStore(flaky_redis.url), lock_expire=5)
+
+    @app.post("/stop-redis")
+    def stop_redis():
+        from flask import session
+
+        session["n"] = 100
+        flaky_redis.stop()
+        return "written?"
+
+    client = app.test_client()
+    client.post("/login/alice")
+    header = "; ".join(f"{n}={client.get_cookie(n).value}" for n in ("session", "session.cid"))
+    assert client.post("/stop-redis").status_code == 503
+    flaky_redis.start()
+    began = time.monotonic()
+    response = other_worker.test_client(use_cookies=False).post(
+        "/inc", headers={"Cookie": header}
+    )
+    waited = time.monotonic() - began
+    assert response.json == {"n": 1}  # the 503'd write was not applied
+    assert waited <= 5.5, f"blocked {waited:.1f}s by a lock nobody holds"
+
+    # Again, and this time the same worker asks first: it frees the lock it
+    # could not release at once.
+    assert client.post("/stop-redis").status_code == 503
+    flaky_redis.start()
+    began = time.monotonic()
+    assert client.post("/inc").json == {"n": 2}
+    assert time.monotonic() - began < 1
+
+
+def test_a_save_redis_receives_after_the_client_gave_up_is_not_applied(flaky_redis):
+    # SIGSTOP while the save is on its way: the client gives up after its
+    # socket timeout and answers 503 "not saved". When Redis resumes, the
+    # save's script finds its deadline passed and writes nothing, so the
+    # 503 is true and a retry does not apply the change twice.
+    app, socketio, _bridge = create_app(RedisStore(f"{flaky_redis.url}?socket_timeout=0.5"))
+    pid = flaky_redis.process.pid
+
+    def pause_redis() -> None:
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(2.0, os.kill, (pid, signal.SIGCONT)).start()
+
+    @app.post("/inc-while-paused")
+    def inc_while_paused():
+        from flask import session
+
+        session["n"] = session.get("n", 0) + 1
+        pause_redis()  # the save goes out after this view returns
+        return "written?"
+
+    @socketio.on("inc-while-paused")
+    def socket_inc_while_paused():
+        from flask import session
+
+        session["n"] = session.get("n", 0) + 1
+        pause_redis()
+        return "written?"
+
+    client = app.test_client()
+    client.post("/login/alice")
+    assert client.post("/inc").json == {"n": 1}
+    assert client.post("/inc-while-paused").status_code == 503
+    time.sleep(2.5)  # Redis resumed and ran what it had received
+    assert client.get("/me").json["n"] == 1
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.emit("inc-while-paused", callback=True)["error"] == "StoreUnavailable"
+    time.sleep(2.5)
+    assert sc.emit("whoami", callback=True)["n"] == 1
+    assert client.post("/inc").json == {"n": 2}
+
+
+def test_waiters_are_woken_not_polling(flaky_redis, monkeypatch):
+    store = RedisStore(flaky_redis.url)
+    tries = []
+    round_trip = store._round_trip
+
+    def counting_round_trip(steps, *args):
+        tries.extend(1 for script, _keys, _args in steps if script is store._lock)
+        return round_trip(steps, *args)
+
+    monkeypatch.setattr(store, "_round_trip", counting_round_trip)
+    token, _ = store.lock("busy", 5, 1)
+    waited = []
+
+    def waiter():
+        began = time.monotonic()
+        store.lock("busy", 5, 5)
+        waited.append(time.monotonic() - began)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(1)
+    store.release("busy", token, None)
+    thread.join()
+    # One try before waiting and one when woken (a stale wake-up may add
+    # one); a poll with 1-20 ms sleeps makes 50 or more in a second.
+    assert len(tries) - 1 <= 3, f"{len(tries) - 1} tries while waiting"
+    assert 1 <= waited[0] < 1.2, waited
+
+
+def test_a_crashed_holders_lock_is_free_within_its_lease(flaky_redis):
+    crashed = RedisStore(flaky_redis.url)
+    crashed.lock("orphan", 0.5, 1)  # and never released: its process died
+    store = RedisStore(flaky_redis.url)
+    began = time.monotonic()
+    store.lock("orphan", 5, 5)
+    assert 0.3 < time.monotonic() - began < 1.0
+
+
+def test_a_renewed_lock_outlives_its_lease(flaky_redis):
+    store = RedisStore(flaky_redis.url)
+    token, _ = store.lock("long-work", 0.5, 1)
+    for _ in range(4):  # 1.2 s of work, renewed every 0.3 s
+        time.sleep(0.3)
+        assert store.renew("long-work", token, 0.5)
+    with pytest.raises(SessionLockTimeout):
+        store.lock("long-work", 5, 0.2)
+    assert not store.renew("long-work", "another holder", 0.5)
+    time.sleep(0.6)  # no renewal: the lease runs out
+    assert not store.renew("long-work", token, 0.5)
+    store.lock("long-work", 5, 0.2)
