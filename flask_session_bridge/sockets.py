@@ -24,6 +24,7 @@ from .exceptions import StoreUnavailable
 from .login import remember_cookie_name
 from .session import BridgeSession
 from .state import room_name
+from .stores.base import lock_client
 
 if t.TYPE_CHECKING:
     from flask_socketio import SocketIO
@@ -201,13 +202,9 @@ def _open(
         sock.resolved = True
         _resolve_connect(state, sock, session, sid, namespace)
     elif sock.client_id is not None:
-        # Temporary stand-in for the removed store.lock_client, so the
-        # package imports on the redis branch; the trust branch replaces
-        # this per-event look-up (rule 6).
-        current = state.store.get_session_id(sock.client_id)
-        token, record = None, None
-        if current is not None:
-            token, record = state.store.lock(current, state.lock_expire, state.lock_timeout)
+        current, token, record = lock_client(
+            state.store, sock.client_id, state.lock_expire, state.lock_timeout
+        )
         if current != sock.known:
             _follow(state, sock, sid, namespace, current)
         if current is not None and token is not None:
