@@ -248,11 +248,8 @@ def _presented(sock: SocketState, session: BridgeSession) -> bool:
     unused = session.get(TOKEN_KEY) or []
     if sock.nonce not in unused:
         return False
-    rest = [n for n in unused if n != sock.nonce]
-    if rest:
-        session[TOKEN_KEY] = rest
-    else:
-        del session[TOKEN_KEY]
+    # Kept even when empty: an emptied session would end at write-back.
+    session[TOKEN_KEY] = [n for n in unused if n != sock.nonce]
     return True
 
 
