@@ -22,7 +22,7 @@ import typing as t
 
 from flask import request
 from flask_socketio import ConnectionRefusedError
-from werkzeug.http import parse_cookie
+from werkzeug.sansio.http import parse_cookie
 
 from . import tokens
 from .exceptions import SessionBridgeError
@@ -197,9 +197,13 @@ def _present(state: AppState, environ: dict[str, t.Any], args: tuple[t.Any, ...]
             raise ConnectionRefusedError("invalid session token")
         sock.client_id, sock.session_id, sock.nonce = ids
         return sock
-    # As WSGI passes it: latin-1 text of the header's bytes.
-    header = environ.get("HTTP_COOKIE", "").encode("latin-1", "replace")
-    cookies = parse_cookie(header.decode("utf-8", "replace"))
+    header = environ.get("HTTP_COOKIE", "")
+    try:
+        # WSGI passes the header's bytes as latin-1 text.
+        header = header.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        pass  # not bytes-as-text: some test clients pass text as is
+    cookies = parse_cookie(header)
     name = app.session_interface.get_cookie_name(app)
     client, _ = tokens.unsign(
         tokens.client_signer(app), cookies.get(f"{name}.cid"), "client",
