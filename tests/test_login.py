@@ -88,8 +88,14 @@ def test_remember_cookie_without_session_connects_anonymous(parts):
     client = app.test_client()
     client.post("/flask-login/ada")
     client.delete_cookie("session")  # the browser closed; remember_token stays
+    seen = []
+
+    @socketio.on("connect")
+    def on_connect(auth):
+        seen.append(current_user.is_authenticated)
+
     sc = socketio.test_client(app, flask_test_client=client)
-    assert sc.is_connected()
+    assert sc.is_connected() and seen == [False]
     assert sc.emit("current", callback=True) == {"user": None}
     assert client.get("/me").json["sid"] is None  # the socket created nothing
 
