@@ -270,6 +270,29 @@ def test_concurrent_http_and_socket_increments_lose_nothing(app, socketio, clien
     assert client.get("/me").json["n"] == (http_threads + socket_threads) * each
 
 
+def test_session_scope_increments_from_threads_lose_nothing(app, client, bridge):
+    # 4 threads x 500 read-modify-writes with no HTTP or socket overhead, so
+    # the window between load and write-back is what the lock must cover.
+    sid = client.post("/login/alice").json["sid"]
+    threads, each = 4, 500
+    acked = []
+
+    def worker():
+        with app.app_context():
+            for _ in range(each):
+                with bridge.session_scope(sid) as s:
+                    s["n"] = s.get("n", 0) + 1
+                acked.append(1)
+
+    running = [threading.Thread(target=worker) for _ in range(threads)]
+    for th in running:
+        th.start()
+    for th in running:
+        th.join(300)
+    assert len(acked) == threads * each
+    assert client.get("/me").json["n"] == len(acked)
+
+
 def test_lock_timeout_is_a_clear_503(app, client, bridge):
     sid = client.post("/login/alice").json["sid"]
     state = bridge._states[app]
