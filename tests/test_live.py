@@ -45,17 +45,40 @@ def test_polling_transport_shares_the_session_too(server, browser_factory):
         sc.disconnect()
 
 
-def test_socket_opened_before_login_follows_login_and_logout(server, browser_factory):
+def test_socket_is_told_at_login_and_reconnects_into_the_new_session(server, browser_factory):
     browser = browser_factory(server)
-    browser.get("/me")  # the client cookie
+    browser.post("/inc")  # a session before login
     sc = browser.socket()
-    assert sc.call("whoami", timeout=10)["user"] is None
+    assert sc.call("whoami", timeout=10)["n"] == 1
     browser.post("/login/alice")
-    assert sc.call("whoami", timeout=10)["user"] == "alice"
-    browser.post("/logout")
     assert sc.ended_event.wait(5)
-    assert sc.ended == [{"reason": "logout"}]
-    assert sc.call("whoami", timeout=10)["user"] is None
+    assert sc.ended == [{"reason": "renewed"}]
+    assert sc.call("whoami", timeout=10) == {"user": None, "n": None, "sid": None}
+    again = browser.socket()  # what the page does on session_ended
+    assert again.call("whoami", timeout=10)["user"] == "alice"
+    browser.post("/logout")
+    assert again.ended_event.wait(5)
+    assert again.ended == [{"reason": "logout"}]
+    assert again.call("whoami", timeout=10)["user"] is None
+
+
+def test_session_fixation_through_a_planted_client_cookie(server, browser_factory):
+    # The attacker plants its client cookie in the victim's browser (a
+    # sibling subdomain, plain HTTP) and keeps a websocket open with it.
+    attacker = browser_factory(server)
+    attacker.get("/me")
+    victim = browser_factory(server)
+    victim.http.cookies.set("session.cid", attacker.http.cookies["session.cid"])
+    sc = attacker.socket()
+    assert sc.call("whoami", timeout=10) == {"user": None, "n": None, "sid": None}
+    sid = victim.post("/login/victim").json()["sid"]
+    victim.post("/inc")
+    assert sc.call("whoami", timeout=10) == {"user": None, "n": None, "sid": None}
+    assert sc.call("set", ("planted", "by attacker"), timeout=10)["error"] == "SessionMissing"
+    assert victim.get("/me").json() == {
+        "user": "victim", "n": 1, "items": None, "sid": sid,
+    }
+    assert attacker.socket().call("whoami", timeout=10)["sid"] is None
 
 
 def test_cookieless_socket_creates_no_session(server, browser_factory):
