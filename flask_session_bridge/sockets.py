@@ -16,6 +16,7 @@ Flask-SocketIO's dispatch (:func:`install`), and reads top to bottom:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import typing as t
@@ -198,11 +199,10 @@ def _present(state: AppState, environ: dict[str, t.Any], args: tuple[t.Any, ...]
         sock.client_id, sock.session_id, sock.nonce = ids
         return sock
     header = environ.get("HTTP_COOKIE", "")
-    try:
-        # WSGI passes the header's bytes as latin-1 text.
+    # WSGI passes the header's bytes as latin-1 text; some test clients
+    # pass text as is, which is left so.
+    with contextlib.suppress(UnicodeEncodeError):
         header = header.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        pass  # not bytes-as-text: some test clients pass text as is
     cookies = parse_cookie(header)
     name = app.session_interface.get_cookie_name(app)
     client, _ = tokens.unsign(

@@ -4,6 +4,7 @@ user sees and that nothing is lost.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -274,11 +275,10 @@ def test_vary_cookie_on_in_and_refresh(app, client):
     assert any(c.startswith("session=") for c in refreshed.headers.getlist("Set-Cookie"))
 
 
-def test_ids_are_random_and_independent():
-    ids = {tokens.public_id(tokens.new_token()) for _ in range(1_000_000)}
-    assert len(ids) == 1_000_000
+def test_tokens_carry_256_bits_and_ids_are_their_sha256():
     token = tokens.new_token()
-    assert len(tokens.public_id(token)) == 64 and len(token) >= 43  # 256 bits
+    assert len(token) >= 43  # 32 random bytes, URL-safe base64
+    assert tokens.public_id(token) == hashlib.sha256(token.encode()).hexdigest()
 
 
 def test_client_ids_are_independent_of_session_ids(app):
@@ -292,16 +292,6 @@ def test_client_ids_are_independent_of_session_ids(app):
     assert len(sids) == 3 and len(client_ids) == 1  # one browser, one client id
     others = {app.test_client().get("/ids").json["client_id"] for _ in range(100)}
     assert len(others) == 100 and not others & client_ids and not others & sids
-
-
-def test_the_bridge_never_widens_allowed_origins():
-    for origins in (None, ["https://app.example"]):
-        app = Flask(__name__)
-        app.config["SECRET_KEY"] = "test secret"
-        socketio = SocketIO(app, async_mode="threading", cors_allowed_origins=origins)
-        SessionBridge(app, socketio, store=MemoryStore())
-        assert socketio.server.eio.cors_allowed_origins == origins
-        assert socketio.server_options.get("cors_allowed_origins") == origins
 
 
 def test_no_pickle_on_the_storage_path(client, app, bridge, store):
