@@ -313,30 +313,6 @@ def test_no_pickle_on_the_storage_path(client, app, bridge, store):
     assert data["pair"] == (1, 2) and data["raw"] == b"\x00\x01" and data["uid"] == UUID(int=5)
 
 
-def test_logout_during_running_socket_handler_is_not_undone(app, socketio, client):
-    started, release = threading.Event(), threading.Event()
-
-    @socketio.on("slow")
-    def slow():
-        session["n"] = 100
-        started.set()
-        release.wait(10)
-        return "done"
-
-    client.post("/login/alice")
-    sc = socketio.test_client(app, flask_test_client=client)
-    worker = threading.Thread(target=lambda: sc.emit("slow", callback=True))
-    worker.start()
-    assert started.wait(10)
-    logout = threading.Thread(target=lambda: client.post("/logout"))
-    logout.start()
-    time.sleep(0.2)
-    release.set()
-    worker.join(10)
-    logout.join(10)
-    assert client.get("/me").json == {"user": None, "n": None, "items": None, "sid": None}
-
-
 def test_concurrent_appends_from_http_and_socket_keep_every_item(app, socketio, client):
     @app.post("/append/<item>")
     def append(item):
