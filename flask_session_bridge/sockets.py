@@ -240,23 +240,6 @@ def _bind(state: AppState, sock: SocketState, session: BridgeSession) -> None:
         raise SessionMissing("session required")
 
 
-def _presented(sock: SocketState, session: BridgeSession) -> bool:
-    """Whether the handshake presented the loaded session: the cookie's
-    session belongs to the handshake's client, or the token is unused (it is
-    used up here; the connect's write-back records that).
-    """
-    if session.client_id != sock.client_id:
-        return False
-    if sock.nonce is None:
-        return True
-    unused = session.get(TOKEN_KEY) or []
-    if sock.nonce not in unused:
-        return False
-    # Kept even when empty: an emptied session would end at write-back.
-    session[TOKEN_KEY] = [n for n in unused if n != sock.nonce]
-    return True
-
-
 # -- 2. at the first touch in an event: lock and load ----------------------
 
 
@@ -281,6 +264,7 @@ def _open(
     session.writable = False
     session.client_id = sock.client_id
     if not sock.connecting and state.socket_missing == "reject":
+        # The session ended while the socket was connected.
         state.socketio.server.disconnect(sid, namespace=namespace)  # type: ignore[union-attr]
         raise SessionMissing("the session of this socket has ended")
 
@@ -298,6 +282,23 @@ def _admit(
     state.validate(session)
     if session.stored is not None:
         _join(state, t.cast(str, sock.session_id), sid, namespace)
+
+
+def _presented(sock: SocketState, session: BridgeSession) -> bool:
+    """Whether the handshake presented the loaded session: the cookie's
+    session belongs to the handshake's client, or the token is unused (it is
+    used up here; the connect's write-back records that).
+    """
+    if session.client_id != sock.client_id:
+        return False
+    if sock.nonce is None:
+        return True
+    unused = session.get(TOKEN_KEY) or []
+    if sock.nonce not in unused:
+        return False
+    # Kept even when empty: an emptied session would end at write-back.
+    session[TOKEN_KEY] = [n for n in unused if n != sock.nonce]
+    return True
 
 
 def _join(state: AppState, session_id: str, sid: str, namespace: str) -> None:
