@@ -138,7 +138,7 @@ class BridgeSessionInterface(SessionInterface):
             # before the store is written: nothing is saved that the
             # browser could not name.
             dump_cookie(self.get_cookie_name(app), "", **flags)
-            issued = state.commit(session, link=True) and session.token_issued
+            saved = state.commit(session, link=True)
         except (StoreUnavailable, SessionLockTimeout) as e:
             # The response was made, but its session changes were not saved:
             # say so rather than let the client believe they were.
@@ -150,7 +150,7 @@ class BridgeSessionInterface(SessionInterface):
             return
         finally:
             state.abandon(session)
-        self._set_cookies(app, session, response, issued, flags)
+        self._set_cookies(app, session, response, saved, flags)
 
     def _cookie_flags(self, app: Flask) -> dict[str, t.Any]:
         return dict(
@@ -167,11 +167,11 @@ class BridgeSessionInterface(SessionInterface):
         app: Flask,
         session: BridgeSession,
         response: Response,
-        issued: bool,
+        saved: bool,
         flags: dict[str, t.Any],
     ) -> None:
         name = self.get_cookie_name(app)
-        if issued:
+        if saved and session.token_issued:
             self._set_session_cookie(app, session, response, flags)
         elif session.ended is not None:
             response.delete_cookie(name, **flags)
@@ -180,7 +180,9 @@ class BridgeSessionInterface(SessionInterface):
             # Flask parity: a change of ``permanent`` adds or drops the
             # cookie's expiry at once ("don't remember me").
             or session.permanent != session.loaded_permanent
-            or (session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])
+            # As Flask: a permanent cookie's expiry moves on at each change,
+            # or at each request if SESSION_REFRESH_EACH_REQUEST.
+            or (session.permanent and (saved or app.config["SESSION_REFRESH_EACH_REQUEST"]))
         ):
             self._set_session_cookie(app, session, response, flags)
         if session.client_roll:
