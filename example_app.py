@@ -242,8 +242,13 @@ socket.on("state", show);  // a change made in another tab
 socket.on("disconnect", (reason) => setStatus("disconnected: " + reason));
 socket.on("connect_error", (err) => setStatus("connection failed: " + err.message));
 socket.on("session_ended", (payload) => {
+  // A socket stays in the session it connected with: after a logout, or a
+  // login elsewhere that renewed the session, reconnect so the handshake
+  // presents this browser's cookies as they are now.
   setStatus("session ended: " + payload.reason);
+  document.body.dataset.ended = payload.reason;
   anonymous();
+  socket.disconnect().connect();
 });
 
 $("http-inc").addEventListener("click", async () => {

@@ -10,7 +10,7 @@ from weakref import WeakKeyDictionary
 
 from flask import current_app
 from flask import has_request_context
-from flask import session as flask_session
+from flask import request
 
 from . import login
 from . import signals
@@ -21,10 +21,13 @@ from .exceptions import SessionLockTimeout
 from .exceptions import SessionMissing
 from .exceptions import StoreUnavailable
 from .interface import BridgeSessionInterface
+from .interface import http_session
 from .interface import issue_token
 from .session import BridgeSession
 from .session import deserialize
 from .session import serialize
+from .sockets import current_socket_session
+from .sockets import TOKEN_KEY
 from .state import AppState
 from .state import room_name
 from .state import Validator
@@ -69,8 +72,9 @@ class SessionBridge:
         :exc:`SessionMissing`; ``"reject"`` refuses it.
     :param lock_timeout: Seconds to wait for a session's lock before
         :exc:`SessionLockTimeout`. Default 10.
-    :param lock_expire: Seconds after which a held lock is free again, for
-        holders that crashed. Default 30.
+    :param lock_expire: Seconds a lock lasts unless renewed: work still
+        running renews it, so only a crashed holder's lock frees itself, this
+        long after. Default 5.
     :param client_lifetime: Lifetime of the client cookie, as seconds or a
         :class:`~datetime.timedelta`. Default one year.
     :param cleanup_interval: Seconds between runs of
@@ -124,7 +128,7 @@ class SessionBridge:
         config.setdefault("SESSION_BRIDGE_STORE", "memory://")
         config.setdefault("SESSION_BRIDGE_SOCKET_MISSING", "allow")
         config.setdefault("SESSION_BRIDGE_LOCK_TIMEOUT", 10.0)
-        config.setdefault("SESSION_BRIDGE_LOCK_EXPIRE", 30.0)
+        config.setdefault("SESSION_BRIDGE_LOCK_EXPIRE", 5.0)
         config.setdefault("SESSION_BRIDGE_CLIENT_LIFETIME", timedelta(days=365))
         config.setdefault("SESSION_BRIDGE_CLEANUP_INTERVAL", 300.0)
         config.setdefault("SESSION_BRIDGE_SOCKET_TOKEN_LIFETIME", 60)
@@ -144,7 +148,11 @@ class SessionBridge:
             raise ValueError(
                 f"socket_missing must be 'allow' or 'reject', not {socket_missing!r}."
             )
-        chosen = store or self._store or config["SESSION_BRIDGE_STORE"]
+        # ``is not None``: a store object may be falsy (an empty one with
+        # ``__len__``), and must not be replaced by memory://.
+        chosen = next(
+            s for s in (store, self._store, config["SESSION_BRIDGE_STORE"]) if s is not None
+        )
         if isinstance(chosen, str):
             try:
                 chosen = store_from_url(chosen, app.instance_path)
@@ -166,13 +174,15 @@ class SessionBridge:
         state.cleanup_interval = _seconds(option("cleanup_interval"))
         self._states[app] = state
         app.extensions["session_bridge"] = self
-        app.session_interface = BridgeSessionInterface(self._states.__getitem__)
+        app.session_interface = BridgeSessionInterface(self._states.get)
         if socketio is not None:
             sockets.install(socketio, self._states.get)
         app.cli.add_command(cleanup_command)
         login.connect(app)
         app.register_error_handler(StoreUnavailable, _unavailable)
         app.register_error_handler(SessionLockTimeout, _unavailable)
+        # A socketio registered on the app later is wired in at the first
+        # request or event (see interface.wire_late).
         app.teardown_request(_release_request_locks)
 
     # -- state -----------------------------------------------------------
@@ -207,9 +217,19 @@ class SessionBridge:
     # -- data ------------------------------------------------------------
 
     def get_by_id(self, session_id: str) -> dict[str, t.Any] | None:
-        """A copy of a session's data, or ``None`` if there is no such session."""
+        """A copy of a session's data, or ``None`` if there is no such session.
+        For the session the current request or event holds, its data now.
+        """
+        held = _held(session_id)
+        if held is not None:
+            return held.copy()
         record = self._get(session_id)
-        return deserialize(record.data) if record is not None else None
+        if record is None:
+            return None
+        try:
+            return deserialize(record.data)
+        except ValueError:
+            return None  # corrupt: ended as "invalid" when next loaded
 
     def get_by_client_id(self, client_id: str) -> dict[str, t.Any] | None:
         """A copy of the data of the client's current session, or ``None``."""
@@ -219,7 +239,9 @@ class SessionBridge:
     def set_by_id(
         self, session_id: str, data: t.Mapping[str, t.Any], max_age: float | None = None
     ) -> bool:
-        """Replace the data of an existing session; never creates one.
+        """Replace the data of an existing session; never creates one. On the
+        session the current request or event holds, the data are replaced in
+        place and saved at its write-back (rule 5).
 
         :param max_age: Seconds until it expires; default the app's
             ``PERMANENT_SESSION_LIFETIME``.
@@ -228,14 +250,18 @@ class SessionBridge:
         """
         state = self._state()
         payload = serialize(dict(data))
+        held = _held(session_id)
+        if held is not None:
+            held.replace(deserialize(payload), max_age)
+            return True
         if not is_public_id(session_id):
             return False
         token, record = state.lock(session_id)
         if record is None:
-            state.store.release(session_id, token, None)
+            state.unlock(session_id, token, None)
             return False
         age = state.max_age if max_age is None else max_age
-        state.store.save(session_id, Record(record.client_id, payload), age, token, False)
+        state.save(session_id, Record(record.client_id, payload), age, token, False)
         signals.session_saved.send(
             state.app, session_id=session_id, client_id=record.client_id, is_new=False
         )
@@ -250,18 +276,23 @@ class SessionBridge:
 
     def destroy_by_id(self, session_id: str) -> bool:
         """End a session everywhere (reason ``"destroyed"``): its sockets get
-        ``session_ended``.
+        ``session_ended``. The session the current request or event holds
+        ends at once, without waiting for its own lock (rule 5).
 
         :return: ``False`` if there is no such session.
         """
         state = self._state()
+        held = _held(session_id)
+        if held is not None:
+            state.end(held, "destroyed")
+            return True
         if not is_public_id(session_id):
             return False
         token, record = state.lock(session_id)
         if record is None:
-            state.store.release(session_id, token, None)
+            state.unlock(session_id, token, None)
             return False
-        state.store.delete(session_id, token)
+        state.delete(session_id, token)
         state.notify_ended(session_id, record.client_id, "destroyed")
         return True
 
@@ -278,9 +309,16 @@ class SessionBridge:
             with bridge.session_scope(session_id) as session:
                 session["progress"] = 100
 
+        Inside a request or event that holds that session already, it is
+        that session, written back with the request or event.
+
         :raise SessionMissing: there is no such session.
         """
         state = self._state()
+        held = _held(session_id)
+        if held is not None:
+            yield held
+            return
         if not is_public_id(session_id):
             raise SessionMissing("no such session", session_id)
         session = BridgeSession(lambda s: None)
@@ -296,8 +334,9 @@ class SessionBridge:
     def regenerate(self) -> None:
         """Give the current request's session a new id and cookie, keeping its
         data; the old id is removed from the store. Call it at login, against
-        session fixation (with Flask-Login, ``login_user`` does). Sockets of
-        the session follow to the new id.
+        session fixation (with Flask-Login, ``login_user`` does). The old
+        id's sockets get ``session_ended`` with reason ``"renewed"``: they
+        reconnect to present the new cookie (rule 6).
 
         :raise RuntimeError: outside an HTTP request.
         """
@@ -306,22 +345,29 @@ class SessionBridge:
             session.replaces = (t.cast(str, session.sid), session.lock_token)
             session.stored = None
             session.lock_token = None
+            session.cleared = False  # what stays moves to the new id
         issue_token(session)
 
     def socket_token(self) -> str:
-        """In a view: a short-lived signed token for a Socket.IO client that
-        cannot send this site's cookies (another origin, a native app). The
-        client passes it as ``auth={"session_token": token}`` and gets the
-        same session, following later logins, as if it had sent the cookies.
-        It names the session by its public id, so it is not a cookie and is
-        useless once expired (``SESSION_BRIDGE_SOCKET_TOKEN_LIFETIME``).
+        """In a view: a short-lived, single-use signed token for a Socket.IO
+        client that cannot send this site's cookies (another origin, a
+        native app). The client passes it as ``auth={"session_token":
+        token}`` and enters the current session, as if it had sent the
+        cookies. The token names the session, so it dies when the session
+        ends or is renewed; its nonce is kept in the session (under
+        ``"_bridge_socket_tokens"``) until a socket uses it. A visitor
+        without a session gets one. Lifetime:
+        ``SESSION_BRIDGE_SOCKET_TOKEN_LIFETIME``.
 
         :raise RuntimeError: outside an HTTP request.
         """
         session = _http_session("socket_token()")
-        assert session.client_id is not None
+        nonce = tokens.new_nonce()
+        # The few newest stay usable; older ones would expire soon anyway.
+        session[TOKEN_KEY] = [*(session.get(TOKEN_KEY) or [])[-7:], nonce]
+        assert session.client_id is not None and session.sid is not None
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        return tokens.dump_socket_token(app, session.client_id, session.sid)
+        return tokens.dump_socket_token(app, session.client_id, session.sid, nonce)
 
     def room(self, session_id: str) -> str:
         """The Socket.IO room holding every socket of the session."""
@@ -362,18 +408,24 @@ class SessionBridge:
         socketio, app = state.socketio, state.app
 
         def run() -> None:
-            while True:
-                waited = 0.0
-                while waited < every and not stop[0]:
-                    socketio.sleep(min(0.5, every - waited))
-                    waited += min(0.5, every - waited)
-                if stop[0]:
-                    return
-                with app.app_context():
-                    try:
-                        self.cleanup()
-                    except StoreUnavailable as e:
-                        logger.error("auto cleanup failed: %s", e)
+            try:
+                while True:
+                    waited = 0.0
+                    while waited < every and not stop[0]:
+                        socketio.sleep(min(0.5, every - waited))
+                        waited += min(0.5, every - waited)
+                    if stop[0]:
+                        return
+                    with app.app_context():
+                        try:
+                            self.cleanup()
+                        except Exception:
+                            # One failed run (store down, a signal receiver's
+                            # bug) must not end expiry for good.
+                            logger.exception("auto cleanup failed; trying again later")
+            finally:
+                if state.cleanup_stop is stop:
+                    state.cleanup_stop = None
 
         socketio.start_background_task(run)
 
@@ -386,10 +438,22 @@ class SessionBridge:
 
 
 def _http_session(what: str) -> BridgeSession:
-    session = flask_session._get_current_object() if has_request_context() else None  # type: ignore[attr-defined]
-    if not isinstance(session, BridgeSession) or session.is_socket:
+    session = http_session(request) if has_request_context() else None
+    if session is None or current_socket_session() is not None:
         raise RuntimeError(f"{what} works in HTTP requests only: a socket cannot set cookies.")
     return session
+
+
+def _held(session_id: str) -> BridgeSession | None:
+    """The session of the running request or event, if it holds the lock
+    on ``session_id``: bridge methods act on it rather than wait for their
+    own lock (rule 5).
+    """
+    session = current_socket_session()
+    if session is None and has_request_context():
+        session = http_session(request)
+    held = session is not None and session.loaded and session.lock_token is not None
+    return session if held and session.sid == session_id else None  # type: ignore[union-attr]
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -406,6 +470,6 @@ def _unavailable(error: Exception) -> tuple[str, int, dict[str, str]]:
 def _release_request_locks(error: BaseException | None) -> None:
     # Safety net: save_session releases the lock; this covers responses that
     # never reached it. Socket sessions are released by the socket side.
-    session = flask_session._get_current_object()  # type: ignore[attr-defined]
-    if isinstance(session, BridgeSession) and not session.is_socket:
+    session = http_session(request)
+    if session is not None:
         current_app.extensions["session_bridge"]._state().abandon(session)

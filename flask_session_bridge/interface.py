@@ -10,6 +10,7 @@ from datetime import timezone
 
 from flask.sessions import SessionInterface
 from itsdangerous import BadSignature
+from werkzeug.http import dump_cookie
 
 from . import tokens
 from .exceptions import SessionLockTimeout
@@ -26,6 +27,9 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("flask_session_bridge")
 
+#: Key in the request's WSGI environ holding the HTTP session.
+ENVIRON_KEY = "flask_session_bridge.session"
+
 #: A client cookie older than this is issued again, so it keeps rolling.
 _CLIENT_ROLL = timedelta(days=1)
 
@@ -37,11 +41,18 @@ class BridgeSessionInterface(SessionInterface):
     In a socket event it hands Flask the event's session instead: the socket
     side loads and writes that one back.
 
-    :param get_state: Returns the bridge's state for an app.
+    :param get_state: Returns the bridge's state for an app, ``None`` for
+        an app the bridge is not registered on.
     """
 
-    def __init__(self, get_state: t.Callable[[Flask], AppState]) -> None:
+    def __init__(self, get_state: t.Callable[[t.Any], AppState | None]) -> None:
         self.get_state = get_state
+
+    def state(self, app: Flask) -> AppState:
+        """The bridge's state for ``app``."""
+        state = self.get_state(app)
+        assert state is not None, "the session bridge is not registered on this app"
+        return state
 
     def client_cookie_name(self, app: Flask) -> str:
         """``<session cookie name>.cid``."""
@@ -51,8 +62,20 @@ class BridgeSessionInterface(SessionInterface):
         socket_session = current_socket_session()
         if socket_session is not None:
             return socket_session
-        state = self.get_state(app)
-        return BridgeSession(lambda session: self._open(state, request, session))
+        state = self.state(app)
+        if state.socketio is None and wire_late(state, request, self.get_state):
+            # This is a socket event dispatched before the bridge wrapped
+            # Flask-SocketIO: give it no session rather than a lock that
+            # nothing would release.
+            session = BridgeSession(lambda s: None)
+            session.is_socket = True
+            session.writable = False
+            return session
+        session = BridgeSession(lambda session: self._open(state, request, session))
+        # Kept where the bridge finds it without the ``flask.session`` proxy,
+        # which marks the session accessed.
+        request.environ[ENVIRON_KEY] = session
+        return session
 
     def _open(self, state: AppState, request: Request, session: BridgeSession) -> None:
         # First touch of the session in this request: read the cookies, then
@@ -66,24 +89,22 @@ class BridgeSessionInterface(SessionInterface):
             datetime.now(timezone.utc) - issued > _CLIENT_ROLL
         )
         session.allocate = issue_token
-        token = tokens.unsign(
-            tokens.session_signer(app), request.cookies.get(self.get_cookie_name(app))
+        token, session.resign = tokens.unsign(
+            tokens.session_signer(app), request.cookies.get(self.get_cookie_name(app)),
+            "session",
         )
         if token is None:
             session.attach(None, None, None)
             return
-        session_id = tokens.public_id(token)
-        state.load(session, session_id)
+        # The session keeps the client it was created for: a request with
+        # another client cookie (or none) never re-binds it (rule 6).
+        state.load(session, tokens.public_id(token))
         if session.stored is None:
             state.release(session, touch=False)
             session.attach(None, None, None)
+            session.resign = False
             return
         session.token = token
-        if session.client_id != tokens.public_id(client_token):
-            # The browser holds a newer client cookie than the session knows
-            # (it expired and was issued again): bind the session to it.
-            session.client_id = tokens.public_id(client_token)
-            session.stored = ""
         state.validate(session)
 
     def _read_client(
@@ -98,19 +119,26 @@ class BridgeSessionInterface(SessionInterface):
             except BadSignature:
                 tokens.logger.warning("refused a client cookie with a bad or expired signature")
             else:
-                return token.decode("ascii", "replace"), issued
+                # Signed with a fallback key: roll it now (rule 10).
+                fallback = tokens.signed_with_fallback(signer, value)
+                return token.decode("ascii", "replace"), None if fallback else issued
         return tokens.new_token(), None
 
     def save_session(self, app: Flask, session: BridgeSession, response: Response) -> None:  # type: ignore[override]
         if session.is_socket or not session.loaded:
             return  # socket sessions are written back by the socket side
         response.vary.add("Cookie")
-        state = self.get_state(app)
+        state = self.state(app)
         if response.status_code >= 500:
             state.abandon(session)
             return
+        flags = self._cookie_flags(app)
         try:
-            issued = state.commit(session, link=True) and session.token_issued
+            # A cookie that cannot be set (a bad SameSite value) fails here,
+            # before the store is written: nothing is saved that the
+            # browser could not name.
+            dump_cookie(self.get_cookie_name(app), "", **flags)
+            saved = state.commit(session, link=True)
         except (StoreUnavailable, SessionLockTimeout) as e:
             # The response was made, but its session changes were not saved:
             # say so rather than let the client believe they were.
@@ -122,13 +150,10 @@ class BridgeSessionInterface(SessionInterface):
             return
         finally:
             state.abandon(session)
-        self._set_cookies(app, session, response, issued)
+        self._set_cookies(app, session, response, saved, flags)
 
-    def _set_cookies(
-        self, app: Flask, session: BridgeSession, response: Response, issued: bool
-    ) -> None:
-        name = self.get_cookie_name(app)
-        flags: dict[str, t.Any] = dict(
+    def _cookie_flags(self, app: Flask) -> dict[str, t.Any]:
+        return dict(
             domain=self.get_cookie_domain(app),
             path=self.get_cookie_path(app),
             secure=self.get_cookie_secure(app),
@@ -136,25 +161,52 @@ class BridgeSessionInterface(SessionInterface):
             samesite=self.get_cookie_samesite(app),
             partitioned=self.get_cookie_partitioned(app),
         )
-        if session.ended is not None:
+
+    def _set_cookies(
+        self,
+        app: Flask,
+        session: BridgeSession,
+        response: Response,
+        saved: bool,
+        flags: dict[str, t.Any],
+    ) -> None:
+        name = self.get_cookie_name(app)
+        if saved and session.token_issued:
+            self._set_session_cookie(app, session, response, flags)
+        elif session.ended is not None:
             response.delete_cookie(name, **flags)
         elif session.token is not None and (
-            issued or (session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])
+            session.resign
+            # Flask parity: a change of ``permanent`` adds or drops the
+            # cookie's expiry at once ("don't remember me").
+            or session.permanent != session.loaded_permanent
+            # As Flask: a permanent cookie's expiry moves on at each change,
+            # or at each request if SESSION_REFRESH_EACH_REQUEST.
+            or (session.permanent and (saved or app.config["SESSION_REFRESH_EACH_REQUEST"]))
         ):
-            value = tokens.session_signer(app).sign(session.token).decode("ascii")
-            response.set_cookie(
-                name, value, expires=self.get_expiration_time(app, session), **flags
-            )
+            self._set_session_cookie(app, session, response, flags)
         if session.client_roll:
             assert session.client_token is not None
             value = tokens.client_signer(app).sign(session.client_token).decode("ascii")
-            state = self.get_state(app)
+            state = self.state(app)
             response.set_cookie(
                 self.client_cookie_name(app),
                 value,
                 max_age=int(state.client_lifetime),
                 **flags,
             )
+
+    def _set_session_cookie(
+        self, app: Flask, session: BridgeSession, response: Response, flags: dict[str, t.Any]
+    ) -> None:
+        assert session.token is not None
+        value = tokens.session_signer(app).sign(session.token).decode("ascii")
+        response.set_cookie(
+            self.get_cookie_name(app),
+            value,
+            expires=self.get_expiration_time(app, session),
+            **flags,
+        )
 
 
 def issue_token(session: BridgeSession) -> None:
@@ -164,3 +216,30 @@ def issue_token(session: BridgeSession) -> None:
     session.token = tokens.new_token()
     session.sid = tokens.public_id(session.token)
     session.token_issued = True
+
+
+def http_session(request: Request) -> BridgeSession | None:
+    """The HTTP session of ``request``, if the bridge opened one."""
+    session = request.environ.get(ENVIRON_KEY)
+    return session if isinstance(session, BridgeSession) else None
+
+
+def wire_late(
+    state: AppState, request: Request, get_state: t.Callable[[t.Any], AppState | None]
+) -> bool:
+    """Wire the bridge into a SocketIO registered on the app after it (no
+    ``socketio`` argument to ``init_app``); the first request or socket
+    event does it. Returns whether the running request is a socket event.
+    """
+    socketio = state.app.extensions.get("socketio")
+    if socketio is None:
+        return False
+    from .sockets import install
+
+    state.socketio = socketio
+    install(socketio, get_state)
+    # The event running now was dispatched before the wrapper existed;
+    # Flask-SocketIO checks manage_session after opening the session.
+    socketio.manage_session = False
+    server = socketio.server
+    return server is not None and any(e is request.environ for e in server.environ.values())

@@ -27,15 +27,25 @@ def serialize(data: dict[str, t.Any]) -> str:
     """
     try:
         return session_json_serializer.dumps(data)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         for key, value in data.items():
             _check_value(key, value)
         raise SessionValueError(f"session data cannot be serialized: {e}") from e
 
 
 def deserialize(raw: str) -> dict[str, t.Any]:
-    """Load session data written by :func:`serialize`."""
-    data = session_json_serializer.loads(raw)
+    """Load session data written by :func:`serialize`.
+
+    :raise ValueError: the data cannot be decoded, whatever the reason.
+    """
+    try:
+        if not raw.isascii():
+            raw.encode()  # a store's undecodable bytes fail here
+        data = session_json_serializer.loads(raw)
+    except Exception as e:
+        # A bad tag payload fails with TypeError, KeyError or worse deep in
+        # the tagger; every way of failing means the same: a corrupt record.
+        raise ValueError(f"stored session data cannot be decoded: {e!r}") from e
     if not isinstance(data, dict):
         raise ValueError("stored session data is not an object")
     return data
@@ -48,6 +58,10 @@ def _check_value(key: str, value: t.Any) -> None:
         return
     try:
         session_json_serializer.dumps({key: value})
+    except RecursionError as e:
+        raise SessionValueError(
+            f"session[{key!r}] cannot be stored: it is cyclic or nested too deep"
+        ) from e
     except (TypeError, ValueError) as e:
         raise SessionValueError(
             f"session[{key!r}] cannot be stored: {type(value).__name__} is not"
@@ -83,10 +97,19 @@ class BridgeSession(SessionMixin):
         self.accessed = False
         #: Why the session ended in this request or event, if it did.
         self.ended: str | None = None
+        #: ``clear()`` was called on the stored session: it ends at write-back
+        #: even if new writes followed (rule 7).
+        self.cleared = False
+        #: ``session.permanent`` as loaded, to re-send the cookie on a change.
+        self.loaded_permanent = False
+        #: Seconds to keep the session at the next save, if not the app's.
+        self.max_age: float | None = None
         #: ``(session_id, lock_token)`` of the session this one renews.
         self.replaces: tuple[str, str | None] | None = None
         #: Cookie token, for sessions opened over HTTP.
         self.token: str | None = None
+        #: The cookie was accepted through a fallback key: sign it again.
+        self.resign = False
         #: Whether this request gave the session a new token (new, renewed).
         self.token_issued = False
         #: The browser's client token, and whether to send its cookie again.
@@ -121,16 +144,28 @@ class BridgeSession(SessionMixin):
             self.stored = None
             self._data = {}
         else:
+            self._data = deserialize(record.data)
             self._client_id = record.client_id
             self.stored = record.data
-            self._data = deserialize(record.data)
+            self.loaded_permanent = bool(self._data.get("_permanent", False))
 
     def detach(self) -> None:
-        """Forget the stored session: it ended, the data are gone."""
+        """Forget the stored session: it ended, the data are gone. Over HTTP
+        later writes start a new session; a socket cannot start one.
+        """
         self._sid = None
         self.stored = None
         self.lock_token = None
+        self.cleared = False
         self._data = {}
+        self.writable = self.allocate is not None
+
+    def replace(self, data: dict[str, t.Any], max_age: float | None) -> None:
+        """Replace the data of this loaded session; saved at write-back."""
+        self._write()
+        self._data = data
+        self.max_age = max_age
+        self.modified = True
 
     @property
     def sid(self) -> str | None:
@@ -169,10 +204,10 @@ class BridgeSession(SessionMixin):
 
     def _write(self) -> dict[str, t.Any]:
         data = self._load()
-        if not self.writable:
+        if not self.writable or (self.cleared and self.allocate is None):
             raise SessionMissing(
-                "this socket has no session; sessions are created by HTTP"
-                " responses, which can set the cookie"
+                "this socket has no session (or it was just cleared); sessions"
+                " are created by HTTP responses, which can set the cookie"
             )
         if self._sid is None and self.allocate is not None:
             self.allocate(self)
@@ -205,7 +240,13 @@ class BridgeSession(SessionMixin):
 
     def clear(self) -> None:
         data = self._load()
-        if data:
+        if self.stored is not None:
+            # Remembered, not inferred from emptiness at write-back: in
+            # ``session.clear(); flash("bye")`` the old session still ends.
+            data.clear()
+            self.cleared = True
+            self.modified = True
+        elif data:
             self._write().clear()
             self.modified = True
 

@@ -13,8 +13,9 @@ session_saved = _signals.signal("session-saved")
 
 #: Sent after a session ended. Keyword arguments: ``session_id``,
 #: ``client_id`` and ``reason``: ``"logout"`` (cleared), ``"destroyed"``
-#: (``bridge.destroy_by_*``), ``"expired"`` (removed by cleanup) or
-#: ``"invalid"`` (the validator refused it).
+#: (``bridge.destroy_by_*``), ``"renewed"`` (a login or ``regenerate()``
+#: moved it to a new id), ``"expired"`` (removed by cleanup) or
+#: ``"invalid"`` (a validator refused it, or its record is corrupt).
 session_ended = _signals.signal("session-ended")
 
 #: Sent after :meth:`~flask_session_bridge.SessionBridge.cleanup` removed

@@ -1,21 +1,29 @@
-"""The Flask-SocketIO side: what happens to a socket event.
+"""The Flask-SocketIO side: the life of one socket event.
 
 Every event, connect and disconnect included, goes through one wrapper around
-Flask-SocketIO's dispatch (:func:`install`). For each event it builds a
-session that stays unloaded until the handler touches it; then it finds the
-session the socket's client holds now (following HTTP logins and renewals),
-locks and loads it. When the handler returns, changes are written back and the
-lock released; when it raises, nothing is written.
+Flask-SocketIO's dispatch (:func:`install`), and reads top to bottom:
+
+1. At connect, once, the socket is bound to the session its handshake
+   presented: the session cookie, if that session belongs to the handshake's
+   client cookie, or a single-use socket token. It stays bound to that
+   session id for its life (rule 6); nothing later moves it into another.
+2. At the first touch of ``session`` in an event, the bound session is locked
+   and loaded fresh. If it is gone, the socket is anonymous from then on.
+3. The handler runs.
+4. Its changes are written back and the lock released; if it raised,
+   nothing is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import typing as t
 
 from flask import request
 from flask_socketio import ConnectionRefusedError
+from werkzeug.sansio.http import parse_cookie
 
 from . import tokens
 from .exceptions import SessionBridgeError
@@ -24,16 +32,20 @@ from .exceptions import StoreUnavailable
 from .login import remember_cookie_name
 from .session import BridgeSession
 from .state import room_name
-from .stores.base import lock_client
 
 if t.TYPE_CHECKING:
+    from flask import Flask
     from flask_socketio import SocketIO
 
     from .state import AppState
 
 logger = logging.getLogger("flask_session_bridge")
 
+#: Key in the socket's WSGI environ: ``{namespace: SocketState}``.
 _ENVIRON_KEY = "flask_session_bridge.sockets"
+
+#: Session key holding the nonces of the socket tokens not used yet.
+TOKEN_KEY = "_bridge_socket_tokens"
 
 _current: contextvars.ContextVar[BridgeSession | None] = contextvars.ContextVar(
     "flask_session_bridge.socket_session", default=None
@@ -46,23 +58,19 @@ def current_socket_session() -> BridgeSession | None:
 
 
 class SocketState:
-    """What the bridge knows of one socket: its client, the session it is in,
-    and the client's mapping as last seen, so that a change made by HTTP
-    (login, renewal, logout) is followed at the next event.
-    """
+    """One socket in one namespace, made once at connect."""
 
-    __slots__ = ("candidate", "client_id", "known", "resolved", "session_id")
+    __slots__ = ("client_id", "connecting", "nonce", "session_id")
 
-    def __init__(self, resolved: bool) -> None:
+    def __init__(self) -> None:
+        #: The client id the handshake presented (cookie or token).
         self.client_id: str | None = None
-        #: The session id the socket is in, or ``None``.
+        #: The session the socket is bound to; ``None`` once it is gone.
         self.session_id: str | None = None
-        #: The client mapping when last looked at.
-        self.known: str | None = None
-        #: Until connect resolves it: the id the session cookie named.
-        self.candidate: str | None = None
-        #: Whether the handshake cookies were resolved to a session.
-        self.resolved = resolved
+        #: The socket token's nonce, used up at connect.
+        self.nonce: str | None = None
+        #: Until the session is first loaded: the binding is not checked yet.
+        self.connecting = True
 
 
 def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None]) -> None:
@@ -90,16 +98,35 @@ def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None])
         socketio.manage_session = False
         sockets = environ.setdefault(_ENVIRON_KEY, {})
         if message == "connect":
-            sockets[namespace] = SocketState(resolved=False)
-        sock = sockets.setdefault(namespace, SocketState(resolved=True))
+            _hide_remember_cookie(state.app, environ)
+            sock = sockets[namespace] = _present(state, environ, args)
+        else:
+            sock = sockets.get(namespace)
+            if sock is None:
+                # Connected before the bridge was wired in (see init_app):
+                # checked at its first touch of the session instead.
+                sock = sockets[namespace] = _present(state, environ, ())
         session = BridgeSession(lambda s: _open(state, sock, sid, namespace, s))
         session.is_socket = True
 
         def run(*handler_args: t.Any) -> t.Any:
-            if message == "connect":
-                _check_connect(state, sock, session, handler_args[0] if handler_args else None)
-            result = handler(*handler_args)
-            state.commit(session, link=False)
+            if message != "connect":
+                result = handler(*handler_args)
+                state.commit(session, link=False)
+            else:
+                try:
+                    # Flask-SocketIO calls this twice when a connect handler
+                    # takes no argument (TypeError, then a retry without
+                    # auth): bind once, with what the handshake presented.
+                    if not session.loaded:
+                        _bind(state, sock, session)
+                    result = handler(*handler_args)
+                    state.commit(session, link=False)
+                except SessionBridgeError as e:
+                    # ConnectionRefusedError is the one exception that
+                    # Flask-SocketIO lets through an on_error handler.
+                    logger.warning("refused a socket: %s", e)
+                    raise ConnectionRefusedError(_refusal(e)) from e
             # Written back: keeps Flask-SocketIO from calling save_session.
             session.modified = False
             return result
@@ -108,13 +135,12 @@ def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None])
         try:
             return dispatch(run, message, namespace, sid, *args)
         except SessionBridgeError as e:
-            if message == "connect":
-                logger.warning("refused a socket: %s", e)
-                raise ConnectionRefusedError(_refusal(e)) from e
             logger.warning("socket event %r failed: %s", message, e)
             return {"error": type(e).__name__, "message": str(e)}
         finally:
             _current.reset(context)
+            if session.loaded:
+                sock.connecting = False
             state.abandon(session)
 
     handle_event.session_bridge = True  # type: ignore[attr-defined]
@@ -155,36 +181,48 @@ def _ensure_connect_handler(socketio: SocketIO) -> None:
     socketio.on("connect", namespace="*")(connect)
 
 
-def _check_connect(
-    state: AppState, sock: SocketState, session: BridgeSession, auth: t.Any
-) -> None:
-    """Resolve the handshake's cookies (or its session token) to a session,
-    loading and validating it, and refuse the socket if it has none and one
-    is required.
+# -- 1. at connect: what the handshake presented ---------------------------
+
+
+def _present(state: AppState, environ: dict[str, t.Any], args: tuple[t.Any, ...]) -> SocketState:
+    """Read the handshake's socket token, else its cookies. Nothing is
+    trusted yet: :func:`_bind` checks it against the store.
     """
+    sock = SocketState()
     app = state.app
+    # Flask-SocketIO passes (sid, environ, auth) to a connect handler.
+    auth = args[1] if len(args) > 1 else None
     if isinstance(auth, dict) and "session_token" in auth:
         ids = tokens.load_socket_token(app, auth["session_token"], state.socket_token_lifetime)
         if ids is None:
             raise ConnectionRefusedError("invalid session token")
-        sock.client_id, sock.candidate = ids
-    else:
-        name = app.session_interface.get_cookie_name(app)
-        client = tokens.unsign(
-            tokens.client_signer(app), request.cookies.get(f"{name}.cid"), state.client_lifetime
-        )
-        token = tokens.unsign(tokens.session_signer(app), request.cookies.get(name))
-        sock.client_id = tokens.public_id(client) if client else None
-        sock.candidate = tokens.public_id(token) if token else None
-    _forget_remember_cookie(app, request.environ)
-    if session.sid is None and state.socket_missing == "reject":
-        raise ConnectionRefusedError("session required")
+        sock.client_id, sock.session_id, sock.nonce = ids
+        return sock
+    header = environ.get("HTTP_COOKIE", "")
+    # WSGI passes the header's bytes as latin-1 text; some test clients
+    # pass text as is, which is left so.
+    with contextlib.suppress(UnicodeEncodeError):
+        header = header.encode("latin-1").decode("utf-8", "replace")
+    cookies = parse_cookie(header)
+    name = app.session_interface.get_cookie_name(app)
+    client, _ = tokens.unsign(
+        tokens.client_signer(app), cookies.get(f"{name}.cid"), "client",
+        state.client_lifetime,
+    )
+    token, _ = tokens.unsign(tokens.session_signer(app), cookies.get(name), "session")
+    if client is not None:
+        sock.client_id = tokens.public_id(client)
+        # A session cookie counts only with the client cookie it was issued
+        # with; :func:`_bind` compares them.
+        sock.session_id = tokens.public_id(token) if token else None
+    return sock
 
 
-def _forget_remember_cookie(app: t.Any, environ: dict[str, t.Any]) -> None:
+def _hide_remember_cookie(app: Flask, environ: dict[str, t.Any]) -> None:
     # The handshake's cookies last as long as the socket; Flask-Login would
     # log a socket back in from a remember cookie that HTTP has since
-    # deleted. A socket's login comes from its session, which HTTP manages.
+    # deleted, and would write to a socket's session. A socket's login comes
+    # from its session. Done before any request object reads the cookies.
     name = remember_cookie_name(app)
     header = environ.get("HTTP_COOKIE", "")
     if name is None or name not in header:
@@ -193,68 +231,74 @@ def _forget_remember_cookie(app: t.Any, environ: dict[str, t.Any]) -> None:
     environ["HTTP_COOKIE"] = ";".join(kept)
 
 
+def _bind(state: AppState, sock: SocketState, session: BridgeSession) -> None:
+    """Load the presented session and keep it only if the handshake may have
+    it; refuse the socket if it has none and one is required.
+    """
+    # The first touch: _open locks, loads and checks the binding.
+    if session.new and state.socket_missing == "reject":
+        raise SessionMissing("session required")
+
+
+# -- 2. at the first touch in an event: lock and load ----------------------
+
+
 def _open(
     state: AppState, sock: SocketState, sid: str, namespace: str, session: BridgeSession
 ) -> None:
-    # First touch of the session in this event.
-    connecting = not sock.resolved
-    if connecting:
-        sock.resolved = True
-        _resolve_connect(state, sock, session, sid, namespace)
-    elif sock.client_id is not None:
-        current, token, record = lock_client(
-            state.store, sock.client_id, state.lock_expire, state.lock_timeout
-        )
-        if current != sock.known:
-            _follow(state, sock, sid, namespace, current)
-        if current is not None and token is not None:
-            if current == sock.session_id:
-                state.fill(session, current, token, record)
-                if session.stored is None:
-                    state.release(session, touch=False)
-                    _leave(state, sock, sid, namespace, expired=True)
-            else:
-                # The client's session, but this socket never had it (rule 6).
-                state.store.release(current, token, None)
-    if session.stored is None:
-        session.attach(None, None, None)
-        session.writable = False
-        session.client_id = sock.client_id
-        if not connecting and state.socket_missing == "reject":
-            state.socketio.server.disconnect(sid, namespace=namespace)  # type: ignore[union-attr]
-            raise SessionMissing("the session of this socket has ended")
+    session_id = sock.session_id
+    if session_id is not None:
+        state.load(session, session_id)
+        if session.stored is not None and sock.connecting:
+            _admit(state, sock, session, sid, namespace)
+        if session.stored is not None:
+            return
+        # Gone: ended, expired, or never this socket's.
+        state.release(session, touch=False)
+        sock.session_id = None
+        if not sock.connecting:
+            _leave(state, session_id, sid, namespace)
+    if sock.connecting and sock.nonce is not None:
+        raise ConnectionRefusedError("invalid session token")
+    session.attach(None, None, None)
+    session.writable = False
+    session.client_id = sock.client_id
+    if not sock.connecting and state.socket_missing == "reject":
+        # The session ended while the socket was connected.
+        state.socketio.server.disconnect(sid, namespace=namespace)  # type: ignore[union-attr]
+        raise SessionMissing("the session of this socket has ended")
 
 
-def _resolve_connect(
+def _admit(
     state: AppState, sock: SocketState, session: BridgeSession, sid: str, namespace: str
 ) -> None:
-    candidate, sock.candidate = sock.candidate, None
-    if sock.client_id is None:
-        return
-    if candidate is not None:
-        state.load(session, candidate)
-        if session.stored is not None and session.client_id == sock.client_id:
-            sock.session_id = sock.known = candidate
-            state.validate(session)
-            if session.stored is not None:
-                _join(state, sock.session_id, sid, namespace)
-            return
-        # Not this client's session (or gone): a cookie alone opens nothing.
+    """At connect: keep the loaded session only if the handshake presented
+    it, and the validators accept it; then the socket joins its room.
+    """
+    if not _presented(sock, session):
         state.release(session, touch=False)
         session.attach(None, None, None)
-    sock.known = state.store.get_session_id(sock.client_id)
+        return
+    state.validate(session)
+    if session.stored is not None:
+        _join(state, t.cast(str, sock.session_id), sid, namespace)
 
 
-def _follow(
-    state: AppState, sock: SocketState, sid: str, namespace: str, current: str | None
-) -> None:
-    # HTTP gave this client another session since we last looked.
-    sock.known = current
-    if sock.session_id != current:
-        _leave(state, sock, sid, namespace, expired=current is None)
-        sock.session_id = current
-        if current is not None:
-            _join(state, current, sid, namespace)
+def _presented(sock: SocketState, session: BridgeSession) -> bool:
+    """Whether the handshake presented the loaded session: the cookie's
+    session belongs to the handshake's client, or the token is unused (it is
+    used up here; the connect's write-back records that).
+    """
+    if session.client_id != sock.client_id:
+        return False
+    if sock.nonce is None:
+        return True
+    unused = session.get(TOKEN_KEY) or []
+    if sock.nonce not in unused:
+        return False
+    # Kept even when empty: an emptied session would end at write-back.
+    session[TOKEN_KEY] = [n for n in unused if n != sock.nonce]
+    return True
 
 
 def _join(state: AppState, session_id: str, sid: str, namespace: str) -> None:
@@ -262,16 +306,12 @@ def _join(state: AppState, session_id: str, sid: str, namespace: str) -> None:
     state.socketio.server.enter_room(sid, room_name(session_id), namespace=namespace)
 
 
-def _leave(state: AppState, sock: SocketState, sid: str, namespace: str, expired: bool) -> None:
-    """Take the socket out of its session. If nobody emptied the session's
-    room, nobody told the socket either: the session expired, so say so.
+def _leave(state: AppState, session_id: str, sid: str, namespace: str) -> None:
+    """Take the socket out of its ended session's room. If nobody emptied
+    the room, nobody told the socket either: the session expired, so say so.
     """
-    if sock.session_id is None:
-        return
     server = state.socketio.server  # type: ignore[union-attr]
-    room = room_name(sock.session_id)
-    sock.session_id = None
+    room = room_name(session_id)
     if room in server.rooms(sid, namespace=namespace):
         server.leave_room(sid, room, namespace=namespace)
-        if expired:
-            server.emit("session_ended", {"reason": "expired"}, to=sid, namespace=namespace)
+        server.emit("session_ended", {"reason": "expired"}, to=sid, namespace=namespace)

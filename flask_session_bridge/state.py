@@ -9,6 +9,7 @@ import typing as t
 
 from . import signals
 from .exceptions import StoreUnavailable
+from .leases import Leases
 from .stores.base import Record
 
 if t.TYPE_CHECKING:
@@ -50,6 +51,8 @@ class AppState:
         self.client_lifetime = client_lifetime
         self.socket_token_lifetime = socket_token_lifetime
         self.regenerate_on_login = regenerate_on_login
+        #: The locks this process holds, renewed while work runs.
+        self.leases = Leases(store, lock_expire)
         self.validators: list[Validator] = []
         self.cleanup_interval = 300.0
         #: ``[stopped]`` flag of the auto-cleanup task; ``None`` when none runs.
@@ -60,26 +63,47 @@ class AppState:
         """Idle lifetime of a session in the store, in seconds."""
         return self.app.permanent_session_lifetime.total_seconds()
 
-    # -- loading ---------------------------------------------------------
+    # -- the store's locks, renewed while held -----------------------------
 
     def lock(self, session_id: str) -> tuple[str, Record | None]:
-        return self.store.lock(session_id, self.lock_expire, self.lock_timeout)
+        """Lock a session and read it; the lease is renewed until released."""
+        token, record = self.store.lock(session_id, self.lock_expire, self.lock_timeout)
+        self.leases.hold(session_id, token)
+        return token, record
+
+    def save(
+        self, session_id: str, record: Record, max_age: float, token: str, link: bool
+    ) -> bool:
+        """Write a locked session and release it; whether it is new."""
+        self.leases.drop(token)
+        return self.store.save(session_id, record, max_age, token, link)
+
+    def unlock(self, session_id: str, token: str, max_age: float | None) -> None:
+        """Release a lock; with ``max_age``, touch the session first."""
+        self.leases.drop(token)
+        self.store.release(session_id, token, max_age)
+
+    def delete(self, session_id: str, token: str) -> Record | None:
+        """Remove a locked session and release its lock."""
+        self.leases.drop(token)
+        return self.store.delete(session_id, token)
+
+    # -- loading ---------------------------------------------------------
 
     def load(self, session: BridgeSession, session_id: str) -> None:
-        """Lock the session and fill ``session`` from the store."""
+        """Lock the session and fill ``session`` from the store. A record that
+        cannot be decoded ends the session (reason ``"invalid"``).
+        """
         token, record = self.lock(session_id)
-        self.fill(session, session_id, token, record)
-
-    def fill(
-        self, session: BridgeSession, session_id: str, token: str, record: Record | None
-    ) -> None:
-        """Fill ``session`` from a record locked with ``token``."""
         try:
             session.attach(session_id, record, token)
-        except ValueError:
-            logger.error("session %s holds corrupt data; starting it empty", session_id)
-            session.attach(session_id, None, token)
-            session.stored = ""  # what is stored differs from anything we save
+        except ValueError as e:
+            assert record is not None
+            logger.error("session %s holds a corrupt record, ending it: %s", session_id, e)
+            self.delete(session_id, token)
+            session.detach()
+            session.ended = "invalid"
+            self.notify_ended(session_id, record.client_id, "invalid")
 
     def validate(self, session: BridgeSession) -> None:
         """Run the validators on a stored session; end it if one refuses."""
@@ -93,62 +117,67 @@ class AppState:
     # -- writing back ----------------------------------------------------
 
     def commit(self, session: BridgeSession, *, link: bool) -> bool:
-        """Write back a session that was touched, then unlock it. A session
-        emptied by ``clear()`` ends (reason ``"logout"``). Returns whether the
+        """Write back a session that was touched, then unlock it. A stored
+        session that was cleared (or emptied) ends with reason ``"logout"``;
+        writes made after the clear go to a new session. Returns whether a
         record was written.
 
         :param link: this is HTTP: point the client's mapping at the session.
         """
         if not session.loaded:
             return False
-        saved = False
-        data = session.copy()
-        if session.stored is not None and not data:
+        if session.stored is not None and (session.cleared or not len(session)):
+            kept = session.copy()
             self.end(session, "logout")
-        elif session.writable and (data or session.stored is not None):
+            if not kept or session.allocate is None:
+                return self._retire(session, saved=False)
+            session.replace(kept, session.max_age)
+        saved = False
+        if session.writable and session.sid is not None:
             payload = session.changed_payload()
             if payload is None:
-                self.release(session, touch=True)
+                self.release(session, touch=session.stored is not None)
             else:
                 self._save(session, payload, link)
                 saved = True
         else:
             self.release(session, touch=False)
-        if session.replaces is not None:
-            self._retire(session, saved)
-        return saved
+        return self._retire(session, saved)
 
     def _save(self, session: BridgeSession, payload: str, link: bool) -> None:
         session_id, client_id = session.sid, session.client_id
         assert session_id is not None and client_id is not None
         if session.lock_token is None:
             session.lock_token = self.lock(session_id)[0]
-        is_new = self.store.save(
-            session_id, Record(client_id, payload), self.max_age, session.lock_token, link
-        )
+        max_age = self.max_age if session.max_age is None else session.max_age
+        record = Record(client_id, payload)
+        is_new = self.save(session_id, record, max_age, session.lock_token, link)
         session.lock_token = None
         session.stored = payload
         signals.session_saved.send(
             self.app, session_id=session_id, client_id=client_id, is_new=is_new
         )
 
-    def _retire(self, session: BridgeSession, saved: bool) -> None:
-        # The old id of a regenerated session: gone quietly when the data moved
-        # to the new id (its sockets follow), ended when nothing was kept.
-        assert session.replaces is not None
+    def _retire(self, session: BridgeSession, saved: bool) -> bool:
+        # The old id of a regenerated session: its sockets are told it was
+        # renewed (they reconnect to present the new cookie), or that it
+        # ended if nothing was kept.
+        if session.replaces is None:
+            return saved
         old_id, old_token = session.replaces
         session.replaces = None
         if old_token is None:
             old_token = self.lock(old_id)[0]
-        record = self.store.delete(old_id, old_token)
-        if not saved and record is not None:
-            self.notify_ended(old_id, record.client_id, "logout")
+        record = self.delete(old_id, old_token)
+        if record is not None:
+            self.notify_ended(old_id, record.client_id, "renewed" if saved else "logout")
+        return saved
 
     def release(self, session: BridgeSession, *, touch: bool) -> None:
         """Unlock without writing; ``touch`` pushes back the expiry."""
         if session.lock_token is not None and session.sid is not None:
             token, session.lock_token = session.lock_token, None
-            self.store.release(session.sid, token, self.max_age if touch else None)
+            self.unlock(session.sid, token, self.max_age if touch else None)
 
     def abandon(self, session: BridgeSession) -> None:
         """Release every lock the session holds, writing nothing: the handler
@@ -163,7 +192,7 @@ class AppState:
                 old_id, old_token = session.replaces
                 session.replaces = None
                 if old_token is not None:
-                    self.store.release(old_id, old_token, None)
+                    self.unlock(old_id, old_token, None)
         except StoreUnavailable as e:
             logger.error("could not release a session lock: %s", e)
 
@@ -175,7 +204,7 @@ class AppState:
         assert session_id is not None and client_id is not None
         token = session.lock_token or self.lock(session_id)[0]
         session.lock_token = None
-        self.store.delete(session_id, token)
+        self.delete(session_id, token)
         session.detach()
         session.ended = reason
         self.notify_ended(session_id, client_id, reason)

@@ -73,15 +73,20 @@ def client_signer(app: Flask) -> TimestampSigner:
     )
 
 
-def unsign(signer: Signer, value: str | None, max_age: int | None = None) -> str | None:
-    """Return the token inside a signed cookie value, or ``None`` if it is
-    missing, oversized, malformed or tampered with.
+def unsign(
+    signer: Signer, value: str | None, what: str, max_age: int | None = None
+) -> tuple[str | None, bool]:
+    """Return the token inside a signed cookie value (``None`` if it is
+    missing, oversized, malformed or tampered with), and whether it was
+    signed with a fallback key, so must be signed again (rule 10).
+
+    :param what: The cookie's name, for the log.
     """
     if not value:
-        return None
+        return None, False
     if len(value) > MAX_COOKIE_VALUE:
-        logger.warning("refused an oversized %s cookie", signer.salt)
-        return None
+        logger.warning("refused an oversized %s cookie", what)
+        return None, False
     try:
         if isinstance(signer, TimestampSigner):
             token = signer.unsign(value, max_age=max_age)
@@ -89,22 +94,42 @@ def unsign(signer: Signer, value: str | None, max_age: int | None = None) -> str
             token = signer.unsign(value)
     except BadSignature:
         # Expired client cookies land here too; all are security-relevant.
-        logger.warning("refused a %s cookie with a bad or expired signature", signer.salt)
-        return None
-    return token.decode("ascii", "replace")
+        logger.warning("refused a %s cookie with a bad or expired signature", what)
+        return None, False
+    return token.decode("ascii", "replace"), signed_with_fallback(signer, value)
 
 
-def dump_socket_token(app: Flask, client_id: str, session_id: str | None) -> str:
-    """A signed, timestamped token naming a client and its session by their
-    public ids, for a socket that cannot send cookies.
+def signed_with_fallback(signer: Signer, value: str) -> bool:
+    """Whether a value that verifies was signed with a fallback key."""
+    if len(signer.secret_keys) == 1:
+        return False  # no fallbacks: nothing to check
+    current = type(signer)(
+        signer.secret_keys[-1], salt=signer.salt, digest_method=signer.digest_method
+    )
+    # Without max_age a TimestampSigner checks only the signature: the
+    # caller has checked the age.
+    return not current.validate(value.encode())
+
+
+def new_nonce() -> str:
+    """A short random id naming one socket token."""
+    return secrets.token_urlsafe(12)
+
+
+def dump_socket_token(app: Flask, client_id: str, session_id: str, nonce: str) -> str:
+    """A signed, timestamped token naming a session (and its client) by their
+    public ids, with the nonce that makes it single-use, for a socket that
+    cannot send cookies.
     """
     serializer = URLSafeTimedSerializer(_secret_keys(app), salt=_SOCKET_SALT)
-    return serializer.dumps([client_id, session_id])
+    return serializer.dumps([client_id, session_id, nonce])
 
 
-def load_socket_token(app: Flask, value: object, max_age: int) -> tuple[str, str | None] | None:
-    """The ``(client_id, session_id)`` in a socket token, or ``None`` if it
-    is malformed, tampered with or older than ``max_age`` seconds.
+def load_socket_token(
+    app: Flask, value: object, max_age: int
+) -> tuple[str, str, str] | None:
+    """The ``(client_id, session_id, nonce)`` in a socket token, or ``None``
+    if it is malformed, tampered with or older than ``max_age`` seconds.
     """
     if not isinstance(value, str) or len(value) > 2 * MAX_COOKIE_VALUE:
         return None
@@ -116,9 +141,10 @@ def load_socket_token(app: Flask, value: object, max_age: int) -> tuple[str, str
         return None
     if (
         isinstance(ids, list)
-        and len(ids) == 2
+        and len(ids) == 3
         and is_public_id(ids[0])
-        and (ids[1] is None or is_public_id(ids[1]))
+        and is_public_id(ids[1])
+        and isinstance(ids[2], str)
     ):
-        return ids[0], ids[1]
+        return ids[0], ids[1], ids[2]
     return None

@@ -228,7 +228,7 @@ def create_app(
     bridge = SessionBridge()
     # message_queue goes to init_app, not the constructor (see DESIGN.md).
     socketio.init_app(app, message_queue=message_queue)
-    bridge.init_app(app, socketio, store=store or MemoryStore(), **options)
+    bridge.init_app(app, socketio, store=store if store is not None else MemoryStore(), **options)
 
     @app.post("/login/<name>")
     def login(name):

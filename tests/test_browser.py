@@ -144,19 +144,33 @@ def test_two_tabs_share_one_live_session(example_app, chromium):
     SCREENSHOT.parent.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))
 
-    # Logging out in one tab ends the other tab's session over its socket.
+    # Logging out in one tab ends the other tab's session over its socket;
+    # the page reconnects, anonymous now.
     click(browser, "logout")
     browser.switch_to.window(second)
-    wait_text(browser, "status", "session ended: logout")
+    WebDriverWait(browser, 10).until(
+        lambda b: b.execute_script("return document.body.dataset.ended") == "logout"
+    )
+    wait_connected(browser)
     assert not browser.find_element(By.ID, "live").is_displayed()
     assert browser.find_element(By.ID, "login-name").is_displayed()
-
-    # That socket is still connected, and the server now sees no user on it.
     state = browser.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "socket.emit('state', done);"
     )
     assert state == {"user": None, "http_count": 0, "socket_count": 0}
+
+    # A login in this tab: the page reloads into the new session. The first
+    # tab's socket, anonymous, stays out of it until that page reloads too.
+    browser.find_element(By.ID, "login-name").send_keys("Bob")
+    click(browser, "login-submit")
+    wait_text(browser, "user", "Bob")
+    wait_connected(browser)
+    click(browser, "socket-inc")
+    wait_text(browser, "socket-count", "1")
+    browser.switch_to.window(first)
+    assert browser.find_element(By.ID, "login-name").is_displayed()
     browser.refresh()
     wait_connected(browser)
-    assert browser.find_element(By.ID, "login-name").is_displayed()
+    wait_text(browser, "user", "Bob")
+    wait_text(browser, "socket-count", "1")

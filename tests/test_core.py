@@ -10,6 +10,7 @@ import pytest
 from flask import session
 from flask_socketio import Namespace
 
+from flask_session_bridge import SessionBridgeError
 from flask_session_bridge import SessionMissing
 from flask_session_bridge import signals
 from flask_session_bridge.stores.base import Record
@@ -43,19 +44,31 @@ def test_nested_mutation_in_socket_handler_persists(client, socket_client):
     assert client.get("/me").json["items"] == ["a", "b"]
 
 
-def test_socket_opened_before_login_follows_login_and_logout(client, socket_client):
-    client.get("/me")  # the browser gets its client cookie
-    sc = socket_client()
-    assert sc.emit("whoami", callback=True) == {"user": None, "n": None, "sid": None}
+def test_socket_stays_in_the_session_it_presented_across_login_and_logout(client, socket_client):
+    client.get("/me")  # the browser gets its client cookie, no session yet
+    anonymous = socket_client()
+    assert anonymous.emit("whoami", callback=True) == {"user": None, "n": None, "sid": None}
+    client.post("/inc")  # a pre-login session (a cart, say)
+    before = socket_client()
+    assert before.emit("whoami", callback=True)["n"] == 1
+    anonymous.get_received(), before.get_received()
+
     sid = client.post("/login/alice").json["sid"]
-    assert sc.emit("whoami", callback=True)["user"] == "alice"
-    assert sc.emit("whoami", callback=True)["sid"] == sid
-    sc.get_received()
+    # Neither socket presented the logged-in session: neither enters it.
+    assert anonymous.emit("whoami", callback=True) == {"user": None, "n": None, "sid": None}
+    assert events(anonymous) == []
+    assert events(before) == [{"reason": "renewed"}]
+    assert before.emit("whoami", callback=True) == {"user": None, "n": None, "sid": None}
+    # What the page does on session_ended: reconnect with the new cookies.
+    after = socket_client()
+    assert after.emit("whoami", callback=True) == {"user": "alice", "n": 1, "sid": sid}
+
     client.post("/logout")
-    assert events(sc) == [{"reason": "logout"}]
-    assert sc.emit("whoami", callback=True)["user"] is None
+    assert events(after) == [{"reason": "logout"}]
+    assert after.emit("whoami", callback=True)["user"] is None
     client.post("/login/bob")
-    assert sc.emit("whoami", callback=True)["user"] == "bob"
+    assert after.emit("whoami", callback=True)["user"] is None  # never follows
+    assert socket_client().emit("whoami", callback=True)["user"] == "bob"
 
 
 def test_cookieless_socket_creates_no_session(app, socketio):
@@ -103,18 +116,21 @@ def test_session_and_client_ids_are_public_not_the_token(app, client, bridge):
         assert client_id not in client.get_cookie("session.cid").value
 
 
-def test_regenerate_moves_data_and_sockets_follow(app, client, socket_client, bridge):
+def test_regenerate_moves_data_and_tells_old_sockets_renewed(app, client, socket_client, bridge):
     old = client.post("/login/alice").json["sid"]
     sc = socket_client()
     sc.emit("inc", callback=True)
+    sc.get_received()
     new = client.post("/login/alice").json["sid"]  # login regenerates
     assert new != old
     with app.app_context():
         assert bridge.get_by_id(old) is None
         assert bridge.get_by_id(new)["n"] == 1
-    reply = sc.emit("whoami", callback=True)
+    assert events(sc) == [{"reason": "renewed"}]
+    assert sc.emit("whoami", callback=True) == {"user": None, "n": None, "sid": None}
+    assert sc.emit("inc", callback=True)["error"] == "SessionMissing"
+    reply = socket_client().emit("whoami", callback=True)
     assert reply["sid"] == new and reply["n"] == 1
-    assert events(sc) == []  # a renewal is silent
 
 
 def test_socket_with_stale_cookie_after_regenerate_gets_no_session(app, socketio, client):
@@ -255,6 +271,33 @@ def test_concurrent_http_and_socket_increments_lose_nothing(app, socketio, clien
     assert client.get("/me").json["n"] == (http_threads + socket_threads) * each
 
 
+def test_session_scope_increments_from_threads_lose_nothing(app, client, bridge):
+    # 4 threads x 500 read-modify-writes with no HTTP or socket overhead, so
+    # the window between load and write-back is what the lock must cover.
+    sid = client.post("/login/alice").json["sid"]
+    threads, each = 4, 500
+    acked, errors = [], []
+
+    def worker():
+        with app.app_context():
+            for _ in range(each):
+                try:
+                    with bridge.session_scope(sid) as s:
+                        s["n"] = s.get("n", 0) + 1
+                except SessionBridgeError as e:
+                    errors.append(e)
+                else:
+                    acked.append(1)
+
+    running = [threading.Thread(target=worker) for _ in range(threads)]
+    for th in running:
+        th.start()
+    for th in running:
+        th.join(300)
+    assert errors == [] and len(acked) == threads * each
+    assert client.get("/me").json["n"] == len(acked)
+
+
 def test_lock_timeout_is_a_clear_503(app, client, bridge):
     sid = client.post("/login/alice").json["sid"]
     state = bridge._states[app]
@@ -281,10 +324,16 @@ def test_memory_lock_table_does_not_grow():
     assert store._locks == {}
 
 
-def test_bridge_api(app, client, socket_client, bridge):
+def test_bridge_api(app, client, socket_client, socketio, bridge):
     sid = client.post("/login/alice").json["sid"]
     sc = socket_client()
+    other = app.test_client()
+    other.post("/login/bob")
+    bystander = socketio.test_client(app, flask_test_client=other)
     sc.get_received()
+    socketio.emit("hello", "alice's tabs", to=bridge.room(sid))
+    assert events(sc, "hello") == ["alice's tabs"]
+    assert events(bystander, "hello") == []
     with app.app_context():
         client_id = bridge.get_client_id(sid)
         assert bridge.get_session_id(client_id) == sid
@@ -302,7 +351,6 @@ def test_bridge_api(app, client, socket_client, bridge):
         assert bridge.destroy_by_id(sid) is False
     assert events(sc) == [{"reason": "destroyed"}]
     assert client.get("/me").json["user"] is None
-    assert bridge.room(sid) in {bridge.room(sid)} and sid in bridge.room(sid)
 
 
 def test_signals(app, client):
@@ -363,6 +411,48 @@ def test_cli_cleanup_removes_exactly_expired(app, bridge, store):
     with app.app_context():
         assert bridge.get_by_id(f"{0:064x}") == {"i": 0}
         assert bridge.get_by_id(f"{1:064x}") is None
+
+
+class LaterClock:
+    """The ``time`` module as a store sees it, ``offset`` seconds later."""
+
+    def __init__(self, offset):
+        import time
+
+        self.offset = offset
+        self.sleep = time.sleep
+        self._time, self._monotonic = time.time, time.monotonic
+
+    def time(self):
+        return self._time() + self.offset
+
+    def monotonic(self):
+        return self._monotonic() + self.offset
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])  # Redis expires keys itself
+def test_cleanup_announces_expiry_to_sockets_at_once(kind, tmp_path, monkeypatch):
+    import importlib
+
+    from conftest import create_app
+
+    from flask_session_bridge import MemoryStore
+    from flask_session_bridge import SQLiteStore
+
+    store = MemoryStore() if kind == "memory" else SQLiteStore(str(tmp_path / "s.db"))
+    app, socketio, bridge = create_app(store)
+    client = app.test_client()
+    client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
+    sc.get_received()
+    module = importlib.import_module(type(store).__module__)
+    lifetime = app.permanent_session_lifetime.total_seconds()
+    monkeypatch.setattr(module, "time", LaterClock(lifetime + 1))
+    with app.app_context():
+        assert bridge.cleanup() == 1
+    # Heard before the socket sends anything.
+    assert events(sc) == [{"reason": "expired"}]
+    assert sc.emit("whoami", callback=True)["user"] is None
 
 
 def test_permanent_session_cookie_has_expiry(app, client):

@@ -4,6 +4,7 @@ user sees and that nothing is lost.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 import redis
 from conftest import create_app
 from conftest import row_count
+from flask import flash
 from flask import Flask
 from flask import session
 from flask_socketio import SocketIO
@@ -26,7 +28,9 @@ from hypothesis import strategies as st
 from flask_session_bridge import MemoryStore
 from flask_session_bridge import RedisStore
 from flask_session_bridge import SessionBridge
+from flask_session_bridge import SessionValueError
 from flask_session_bridge import signals
+from flask_session_bridge import StoreUnavailable
 from flask_session_bridge import tokens
 from flask_session_bridge.stores.base import Record
 
@@ -140,16 +144,27 @@ def test_tampered_client_cookie_gets_a_new_client_id(app, client, socketio):
     assert sc.emit("whoami", callback=True)["user"] is None
 
 
-def test_secret_rotation(store):
+def test_secret_rotation_re_signs_cookies_of_browsers_that_come_back(store, caplog):
     app, socketio, bridge = create_app(store)
-    client = app.test_client()
-    client.post("/login/alice")
+    returning, away = app.test_client(), app.test_client()
+    returning.post("/login/alice")
+    away.post("/login/bob")
     app.config.update(SECRET_KEY="new secret", SECRET_KEY_FALLBACKS=["test secret"])
-    assert client.get("/me").json["user"] == "alice"
-    sc = socketio.test_client(app, flask_test_client=client)
+    response = returning.get("/me")
+    assert response.json["user"] == "alice"
+    resent = {c.split("=")[0] for c in response.headers.getlist("Set-Cookie")}
+    assert resent == {"session", "session.cid"}  # both signed with the new key
+    sc = socketio.test_client(app, flask_test_client=returning)
     assert sc.emit("whoami", callback=True)["user"] == "alice"
+    assert "Set-Cookie" not in returning.get("/me").headers  # once is enough
     app.config["SECRET_KEY_FALLBACKS"] = []
-    assert client.get("/me").json["user"] is None
+    assert returning.get("/me").json["user"] == "alice"
+    sc = socketio.test_client(app, flask_test_client=returning)
+    assert sc.emit("whoami", callback=True)["user"] == "alice"
+    with caplog.at_level(logging.WARNING, logger="flask_session_bridge"):
+        assert away.get("/me").json["user"] is None  # stayed away: logged out
+    lines = [r.getMessage() for r in caplog.records]
+    assert "refused a session cookie with a bad or expired signature" in lines
 
 
 def test_unserializable_value_over_socket_is_an_error_ack(client, socketio, app, bridge):
@@ -260,11 +275,10 @@ def test_vary_cookie_on_in_and_refresh(app, client):
     assert any(c.startswith("session=") for c in refreshed.headers.getlist("Set-Cookie"))
 
 
-def test_ids_are_random_and_independent():
-    ids = {tokens.public_id(tokens.new_token()) for _ in range(1_000_000)}
-    assert len(ids) == 1_000_000
+def test_tokens_carry_256_bits_and_ids_are_their_sha256():
     token = tokens.new_token()
-    assert len(tokens.public_id(token)) == 64 and len(token) >= 43  # 256 bits
+    assert len(token) >= 43  # 32 random bytes, URL-safe base64
+    assert tokens.public_id(token) == hashlib.sha256(token.encode()).hexdigest()
 
 
 def test_client_ids_are_independent_of_session_ids(app):
@@ -278,16 +292,6 @@ def test_client_ids_are_independent_of_session_ids(app):
     assert len(sids) == 3 and len(client_ids) == 1  # one browser, one client id
     others = {app.test_client().get("/ids").json["client_id"] for _ in range(100)}
     assert len(others) == 100 and not others & client_ids and not others & sids
-
-
-def test_the_bridge_never_widens_allowed_origins():
-    for origins in (None, ["https://app.example"]):
-        app = Flask(__name__)
-        app.config["SECRET_KEY"] = "test secret"
-        socketio = SocketIO(app, async_mode="threading", cors_allowed_origins=origins)
-        SessionBridge(app, socketio, store=MemoryStore())
-        assert socketio.server.eio.cors_allowed_origins == origins
-        assert socketio.server_options.get("cors_allowed_origins") == origins
 
 
 def test_no_pickle_on_the_storage_path(client, app, bridge, store):
@@ -309,30 +313,6 @@ def test_no_pickle_on_the_storage_path(client, app, bridge, store):
     assert data["pair"] == (1, 2) and data["raw"] == b"\x00\x01" and data["uid"] == UUID(int=5)
 
 
-def test_logout_during_running_socket_handler_is_not_undone(app, socketio, client):
-    started, release = threading.Event(), threading.Event()
-
-    @socketio.on("slow")
-    def slow():
-        session["n"] = 100
-        started.set()
-        release.wait(10)
-        return "done"
-
-    client.post("/login/alice")
-    sc = socketio.test_client(app, flask_test_client=client)
-    worker = threading.Thread(target=lambda: sc.emit("slow", callback=True))
-    worker.start()
-    assert started.wait(10)
-    logout = threading.Thread(target=lambda: client.post("/logout"))
-    logout.start()
-    time.sleep(0.2)
-    release.set()
-    worker.join(10)
-    logout.join(10)
-    assert client.get("/me").json == {"user": None, "n": None, "items": None, "sid": None}
-
-
 def test_concurrent_appends_from_http_and_socket_keep_every_item(app, socketio, client):
     @app.post("/append/<item>")
     def append(item):
@@ -342,17 +322,21 @@ def test_concurrent_appends_from_http_and_socket_keep_every_item(app, socketio, 
     client.post("/login/alice")
     sc = socketio.test_client(app, flask_test_client=client)
 
+    acked = []
+
     def http_worker():
-        for i in range(50):
-            client.post(f"/append/h{i}")
+        for i in range(500):
+            if client.post(f"/append/h{i}").status_code == 200:
+                acked.append(f"h{i}")
 
     thread = threading.Thread(target=http_worker)
     thread.start()
-    for i in range(50):
-        sc.emit("append", f"s{i}", callback=True)
-    thread.join(60)
-    items = client.get("/me").json["items"]
-    assert sorted(items) == sorted([f"h{i}" for i in range(50)] + [f"s{i}" for i in range(50)])
+    for i in range(500):
+        if isinstance(sc.emit("append", f"s{i}", callback=True), list):
+            acked.append(f"s{i}")
+    thread.join(120)
+    assert len(acked) == 1000  # every append acknowledged, and every one stored
+    assert sorted(client.get("/me").json["items"]) == sorted(acked)
 
 
 def test_lock_released_when_handler_raises_and_other_sessions_never_blocked(app, socketio, bridge):
@@ -438,8 +422,11 @@ def test_refused_connects_leave_no_state(store):
     assert row_count(store) == 0
 
 
-def test_a_handler_that_outlives_its_lock_blocks_no_one(store):
+def test_a_handler_that_outlives_its_lock_blocks_no_one(store, monkeypatch):
     app, socketio, bridge = create_app(store, lock_expire=1)
+    # A holder whose lease is not renewed (its process stalled): the lock
+    # frees itself after lock_expire.
+    monkeypatch.setattr(bridge._states[app].leases, "hold", lambda *args: None)
     started = threading.Event()
 
     @socketio.on("stuck")
@@ -502,3 +489,370 @@ def test_fuzz_socket_auth_and_cookies(app, socketio, auth, cookie):
     if sc.is_connected():
         assert sc.emit("whoami", callback=True)["user"] is None
         sc.disconnect()
+
+
+# -- issue 11: a socket never enters a session it did not present ----------
+
+
+def events(sc, name="session_ended"):
+    return [e["args"][0] for e in sc.get_received() if e["name"] == name]
+
+
+def test_planted_client_cookie_socket_never_reaches_the_victims_login(app, socketio, bridge):
+    # The attacker plants only its client cookie in the victim's browser and
+    # keeps a socket open with the same cookie.
+    attacker = app.test_client()
+    attacker.get("/me")
+    victim = app.test_client()
+    victim.set_cookie("session.cid", attacker.get_cookie("session.cid").value)
+    sc = socketio.test_client(app, flask_test_client=attacker)
+    assert sc.emit("whoami", callback=True) == {"user": None, "n": None, "sid": None}
+    sid = victim.post("/login/victim").json["sid"]
+    victim.post("/inc")
+    assert sc.emit("whoami", callback=True) == {"user": None, "n": None, "sid": None}
+    assert sc.emit("set", "planted", "by attacker", callback=True)["error"] == "SessionMissing"
+    with app.app_context():
+        assert bridge.get_by_id(sid) == {"user": "victim", "n": 1}
+    # Nor does a socket the attacker opens later: it has no session cookie.
+    late = socketio.test_client(app, flask_test_client=attacker)
+    assert late.emit("whoami", callback=True)["sid"] is None
+
+
+def test_session_cookie_counts_only_with_its_client_cookie(app, socketio):
+    victim = app.test_client()
+    victim.post("/login/victim")
+    thief = app.test_client()
+    thief.get("/me")  # a client cookie of its own
+    thief.set_cookie("session", victim.get_cookie("session").value)
+    sc = socketio.test_client(app, flask_test_client=thief)
+    assert sc.emit("whoami", callback=True)["user"] is None
+
+
+def test_session_cookie_with_no_or_another_client_cookie_never_grows_the_store(app, store):
+    saved = []
+    browser = app.test_client()
+    browser.post("/login/alice")
+    session_cookie = f"session={browser.get_cookie('session').value}"
+    other = app.test_client()
+    other.get("/me")
+    other_cid = f"session.cid={other.get_cookie('session.cid').value}"
+    rows = row_count(store)
+    raw = app.test_client(use_cookies=False)
+    with signals.session_saved.connected_to(lambda s, **kw: saved.append(kw), app):
+        for _ in range(1000):  # 2,000 requests
+            for cookie in (session_cookie, f"{session_cookie}; {other_cid}"):
+                assert raw.get("/me", headers={"Cookie": cookie}).json["user"] == "alice"
+    assert saved == [] and row_count(store) == rows
+    # The browser's own socket still enters its session.
+    with app.app_context():
+        sid = browser.get("/me").json["sid"]
+        assert app.extensions["session_bridge"].get_client_id(sid) is not None
+    assert browser.get("/me").json["user"] == "alice"
+
+
+def test_clear_then_flash_ends_the_old_session_everywhere(app, socketio, client, bridge):
+    @app.post("/logout-flash")
+    def logout_flash():
+        session.clear()
+        flash("bye")
+        return "bye"
+
+    old = client.post("/login/alice").json["sid"]
+    sc = socketio.test_client(app, flask_test_client=client)
+    sc.get_received()
+    ended = []
+    with signals.session_ended.connected_to(lambda s, **kw: ended.append(kw["reason"]), app):
+        client.post("/logout-flash")
+    assert ended == ["logout"] and events(sc) == [{"reason": "logout"}]
+    assert sc.emit("whoami", callback=True)["user"] is None
+    new = client.get("/me").json["sid"]
+    assert new is not None and new != old
+    with app.app_context():
+        assert bridge.get_by_id(old) is None
+        assert bridge.get_by_id(new) == {"_flashes": [("message", "bye")]}
+
+
+def test_bridge_methods_on_the_held_session_do_not_wait_for_its_lock(app, socketio, client, bridge):
+    bridge._states[app].lock_timeout = 0.5
+
+    @app.post("/destroy-mine")
+    def destroy_mine():
+        session["seen"] = True
+        return {"destroyed": bridge.destroy_by_id(session.sid)}
+
+    @socketio.on("rename")
+    def rename(name):
+        session["n"] = 5
+        return bridge.set_by_id(session.sid, {"user": name})
+
+    @socketio.on("progress")
+    def progress():
+        with bridge.session_scope(session.sid) as held:
+            held["progress"] = 100
+        return bridge.get_by_id(session.sid)
+
+    sid = client.post("/login/alice").json["sid"]
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.emit("rename", "carol", callback=True) is True
+    assert client.get("/me").json == {"user": "carol", "n": None, "items": None, "sid": sid}
+    assert sc.emit("progress", callback=True) == {"user": "carol", "progress": 100}
+    sc.get_received()
+    response = client.post("/destroy-mine")
+    assert response.status_code == 200 and response.json == {"destroyed": True}
+    assert events(sc) == [{"reason": "destroyed"}]
+    assert client.get("/me").json["sid"] is None
+    with app.app_context():
+        assert bridge.get_by_id(sid) is None
+
+
+def test_socket_token_with_a_connect_handler_taking_no_argument(app, socketio, client, bridge):
+    seen = []
+
+    @app.get("/token")
+    def token():
+        return {"token": bridge.socket_token()}
+
+    @socketio.on("connect")
+    def on_connect():  # no auth parameter: Flask-SocketIO calls it twice
+        seen.append(session.get("user"))
+
+    client.post("/login/alice")
+    sc = socketio.test_client(app, auth={"session_token": client.get("/token").json["token"]})
+    assert sc.is_connected() and seen == ["alice"]
+    assert sc.emit("whoami", callback=True)["user"] == "alice"
+    assert sc.emit("inc", callback=True) == 1
+
+
+def test_store_down_at_connect_refuses_even_with_an_error_handler(
+    app, socketio, client, store, monkeypatch
+):
+    socketio.on_error_default(lambda e: {"error": "handled"})
+    client.post("/login/alice")
+
+    def down(*args, **kwargs):
+        raise StoreUnavailable("the store is down")
+
+    monkeypatch.setattr(store, "lock", down)
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert not sc.is_connected()
+
+
+def test_bridge_registered_before_socketio_without_the_socketio_argument(store):
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="test secret", TESTING=True)
+    socketio = SocketIO(async_mode="threading")
+    SessionBridge(app, store=store, lock_timeout=0.5)  # before socketio.init_app
+    socketio.init_app(app)
+
+    @app.post("/inc")
+    def inc():
+        session["n"] = session.get("n", 0) + 1
+        return {"n": session["n"]}
+
+    @socketio.on("inc")
+    def socket_inc():
+        session["n"] = session.get("n", 0) + 1
+        return session["n"]
+
+    @socketio.on("read")
+    def read():
+        return {"n": session.get("n")}
+
+    anonymous = socketio.test_client(app)  # a socket before any request
+    assert anonymous.emit("read", callback=True) == {"n": None}  # this event wires it
+    assert anonymous.emit("inc", callback=True)["error"] == "SessionMissing"
+    client = app.test_client()
+    assert client.post("/inc").json == {"n": 1}
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.emit("inc", callback=True) == 2
+    response = client.post("/inc")
+    assert response.status_code == 200 and response.json == {"n": 3}
+
+
+@pytest.mark.parametrize("reader", ["http", "socket"])
+@pytest.mark.parametrize("payload", ['{" t": 5}', '{"x": {" u": 5}}', "{not json", "[1]"])
+def test_corrupt_record_ends_the_session_as_invalid(app, socketio, client, store, payload, reader):
+    sid = client.post("/login/alice").json["sid"]
+    sc = socketio.test_client(app, flask_test_client=client)
+    sc.get_received()
+    token, record = store.lock(sid, 5, 5)
+    store.save(sid, Record(record.client_id, payload), 60, token, True)
+    ended = []
+    with signals.session_ended.connected_to(lambda s, **kw: ended.append(kw["reason"]), app):
+        if reader == "http":
+            response = client.get("/me")
+            assert response.status_code == 200 and response.json["sid"] is None
+        else:
+            assert sc.emit("whoami", callback=True)["sid"] is None
+    assert ended == ["invalid"] and events(sc) == [{"reason": "invalid"}]
+    assert store.get(sid) is None
+    assert client.post("/inc").json["n"] == 1  # not jammed: served at once
+
+
+def test_undecodable_bytes_in_redis_end_the_session_as_invalid(redis_server):
+    store = RedisStore(redis_server.url, prefix="bytes:")
+    app, socketio, bridge = create_app(store, lock_timeout=0.5)
+    client = app.test_client()
+    sid = client.post("/login/alice").json["sid"]
+    key = store._session_key(sid)
+    raw = store.client.get(key)
+    store.client.set(key, raw.split(b"\n")[0] + b'\n{"user": "\xff\xfe"}', px=60_000)
+    response = client.get("/me")
+    assert response.status_code == 200 and response.json["sid"] is None
+    assert client.post("/inc").json["n"] == 1
+
+
+def cyclic():
+    value = []
+    value.append(value)
+    return value
+
+
+def deep():
+    value = []
+    for _ in range(400):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("make", [cyclic, deep])
+def test_cyclic_or_deep_values_are_session_value_errors_naming_the_key(
+    app, socketio, client, make
+):
+    @app.post("/bad")
+    def bad():
+        try:
+            session["bad"] = make()
+        except SessionValueError as e:
+            return str(e), 400
+        return "stored?"
+
+    @socketio.on("bad")
+    def socket_bad():
+        session["n"] = 1
+        session["bad"] = make()
+
+    @socketio.on("bad-nested")
+    def socket_bad_nested():
+        session["box"] = []
+        session["box"].append(make())
+
+    client.post("/login/alice")
+    response = client.post("/bad")
+    assert response.status_code == 400 and "'bad'" in response.text
+    sc = socketio.test_client(app, flask_test_client=client)
+    for event, key in (("bad", "'bad'"), ("bad-nested", "'box'")):
+        ack = sc.emit(event, callback=True)
+        assert ack["error"] == "SessionValueError" and key in ack["message"]
+    me = client.get("/me").json
+    assert (me["user"], me["n"]) == ("alice", None)
+    assert client.post("/inc").json["n"] == 1
+
+
+def test_logout_during_a_running_handler_is_not_undone(app, socketio, client, bridge, store):
+    started, release = threading.Event(), threading.Event()
+
+    @socketio.on("slow")
+    def slow():
+        session["n"] = 100
+        started.set()
+        release.wait(10)
+        return "done"
+
+    sid = client.post("/login/alice").json["sid"]
+    sc = socketio.test_client(app, flask_test_client=client)
+    acks = []
+    worker = threading.Thread(target=lambda: acks.append(sc.emit("slow", callback=True)))
+    worker.start()
+    assert started.wait(10)
+    logout = threading.Thread(target=lambda: client.post("/logout"))
+    logout.start()
+    release.set()
+    worker.join(10)
+    logout.join(10)
+    assert acks == ["done"]
+    # Checked in the store, not through the browser whose cookie is gone.
+    assert store.get(sid) is None
+    with app.app_context():
+        assert bridge.get_by_id(sid) is None
+    assert sc.emit("whoami", callback=True)["sid"] is None
+
+
+def capture_sessions(app, monkeypatch):
+    opened = []
+    interface = app.session_interface
+    real = interface.open_session
+
+    def open_session(app, request):
+        opened.append(real(app, request))
+        return opened[-1]
+
+    monkeypatch.setattr(interface, "open_session", open_session)
+    return opened
+
+
+def test_flask_parity_accessed_only_when_touched(app, client, monkeypatch):
+    opened = capture_sessions(app, monkeypatch)
+    client.post("/login/alice")
+    client.get("/static-ish")
+    assert opened[-1].accessed is False
+    client.get("/me")
+    assert opened[-1].accessed is True
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+def test_flask_parity_a_change_of_permanent_resends_the_cookie(app, client, refresh):
+    app.config["SESSION_REFRESH_EACH_REQUEST"] = refresh
+
+    @app.post("/remember/<int:on>")
+    def remember(on):
+        session.permanent = bool(on)
+        return "ok"
+
+    def session_cookie(response):
+        found = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("session=")]
+        assert len(found) == 1, response.headers
+        return found[0]
+
+    client.post("/login/alice")
+    assert "Expires=" in session_cookie(client.post("/remember/1"))
+    assert "Expires=" not in session_cookie(client.post("/remember/0"))  # don't remember me
+    assert client.get("/me").json["user"] == "alice"
+
+
+def test_flask_parity_no_store_write_when_the_cookie_cannot_be_set(app, client, store):
+    app.config["SESSION_COOKIE_SAMESITE"] = "bogus"
+    with pytest.raises(ValueError):
+        client.post("/login/alice")
+    assert row_count(store) == 0
+
+
+def test_auto_cleanup_survives_a_failing_run_and_restarts(app, bridge):
+    runs = []
+    second = threading.Event()
+
+    def receiver(sender, count):
+        runs.append(count)
+        if len(runs) == 1:
+            raise RuntimeError("a receiver's bug")
+        second.set()
+
+    with signals.sessions_cleaned.connected_to(receiver, app), app.app_context():
+        bridge.start_auto_cleanup(interval=0.01)
+        assert second.wait(10)  # it ran again after the failure
+        bridge.stop_auto_cleanup()
+        second.clear()
+        bridge.start_auto_cleanup(interval=0.01)
+        assert second.wait(10)  # and starts again after a stop
+        bridge.stop_auto_cleanup()
+
+
+def test_a_falsy_store_object_is_used_not_replaced():
+    class EmptyLooking(MemoryStore):
+        def __len__(self):
+            return 0
+
+    store = EmptyLooking()
+    app, socketio, bridge = create_app(store)
+    sid = app.test_client().post("/login/alice").json["sid"]
+    assert store.get(sid) is not None

@@ -54,23 +54,50 @@ def parts(store):
     return app, socketio, bridge
 
 
-def test_current_user_follows_login_and_logout_without_reconnecting(parts):
+def events(sc, name="session_ended"):
+    return [e["args"][0] for e in sc.get_received() if e["name"] == name]
+
+
+def test_current_user_across_login_and_logout(parts):
     app, socketio, bridge = parts
     client = app.test_client()
     client.get("/me")
     sc = socketio.test_client(app, flask_test_client=client)
     assert sc.emit("current", callback=True) == {"user": None}
     client.post("/flask-login/ada")
-    assert sc.emit("current", callback=True) == {"user": "ada"}
+    # This socket presented no session: a login never lets it in (rule 6).
+    assert sc.emit("current", callback=True) == {"user": None}
     sc.disconnect()
     # A socket opened now carries the remember cookie in its handshake; it
     # must not log the socket back in after an HTTP logout.
     assert client.get_cookie("remember_token") is not None
     sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.emit("current", callback=True) == {"user": "ada"}
     client.post("/flask-logout")
     assert sc.emit("current", callback=True) == {"user": None}
+    sc.get_received()
     client.post("/flask-login/bob")
+    assert events(sc) == [{"reason": "renewed"}]
+    assert sc.emit("current", callback=True) == {"user": None}
+    sc = socketio.test_client(app, flask_test_client=client)
     assert sc.emit("current", callback=True) == {"user": "bob"}
+
+
+def test_remember_cookie_without_session_connects_anonymous(parts):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    client.post("/flask-login/ada")
+    client.delete_cookie("session")  # the browser closed; remember_token stays
+    seen = []
+
+    @socketio.on("connect")
+    def on_connect(auth):
+        seen.append(current_user.is_authenticated)
+
+    sc = socketio.test_client(app, flask_test_client=client)
+    assert sc.is_connected() and seen == [False]
+    assert sc.emit("current", callback=True) == {"user": None}
+    assert client.get("/me").json["sid"] is None  # the socket created nothing
 
 
 def test_login_required_refuses_the_event_not_the_connection(parts):
@@ -82,6 +109,7 @@ def test_login_required_refuses_the_event_not_the_connection(parts):
     assert sc.emit("secret", callback=True) == refused
     assert sc.is_connected()
     client.post("/flask-login/ada")
+    sc = socketio.test_client(app, flask_test_client=client)
     assert sc.emit("secret", callback=True) == "for ada"
 
 
@@ -131,18 +159,51 @@ def test_socket_token_gives_the_session_without_cookies(parts):
     assert sc.emit("whoami", callback=True)["user"] == "alice"
     assert sc.emit("inc", callback=True) == 1
     assert client.get("/me").json["n"] == 1
-    client.post("/login/bob")  # renewal: the token's socket follows its client
-    assert sc.emit("whoami", callback=True)["user"] == "bob"
+    sc.get_received()
+    client.post("/login/bob")  # renewal: the token's socket is told, and left
+    assert events(sc) == [{"reason": "renewed"}]
+    assert sc.emit("whoami", callback=True)["user"] is None
 
 
-def test_socket_token_for_anonymous_client_follows_later_login(parts):
+def test_socket_token_is_single_use_and_dies_with_its_session(parts):
+    app, socketio, bridge = parts
+    client = app.test_client()
+    client.post("/login/alice")
+
+    def connects(token):
+        sc = socketio.test_client(app, auth={"session_token": token})
+        if not sc.is_connected():
+            return False
+        user = sc.emit("whoami", callback=True)["user"]
+        sc.disconnect()
+        return user
+
+    used = client.get("/token").json["token"]
+    unused = client.get("/token").json["token"]
+    assert connects(used) == "alice"
+    assert connects(used) is False  # replay after use
+    renewed = client.get("/token").json["token"]
+    client.post("/login/alice")  # renewal kills the tokens of the old id
+    assert connects(renewed) is False
+    after_logout = client.get("/token").json["token"]
+    client.post("/logout")
+    assert connects(after_logout) is False  # replay after logout
+    client.post("/login/alice")  # a later login is not entered either
+    assert connects(after_logout) is False
+    assert connects(unused) is False
+
+
+def test_socket_token_for_anonymous_visitor_binds_a_new_session(parts):
     app, socketio, bridge = parts
     client = app.test_client()
     token = client.get("/token").json["token"]
     sc = socketio.test_client(app, auth={"session_token": token})
-    assert sc.emit("whoami", callback=True)["user"] is None
+    assert sc.emit("whoami", callback=True)["sid"] == client.get("/me").json["sid"]
+    assert sc.emit("inc", callback=True) == 1
+    sc.get_received()
     client.post("/login/alice")
-    assert sc.emit("whoami", callback=True)["user"] == "alice"
+    assert events(sc) == [{"reason": "renewed"}]
+    assert sc.emit("whoami", callback=True)["user"] is None
 
 
 @pytest.mark.parametrize("mangle", ["tampered", "garbage", "expired", "not-a-string"])

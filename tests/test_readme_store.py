@@ -21,9 +21,8 @@ def readme_store():
 def test_readme_store_shares_a_session_between_http_and_sockets():
     app, socketio, _ = create_app(readme_store())
     client = app.test_client()
-    client.get("/me")
-    sc = socketio.test_client(app, flask_test_client=client)
     client.post("/login/alice")
+    sc = socketio.test_client(app, flask_test_client=client)
     assert sc.emit("inc", callback=True) == 1
     assert client.post("/inc").json["n"] == 2
     sc.get_received()

@@ -21,14 +21,15 @@ def workers(redis_server):
         server.stop()
 
 
-def test_login_on_one_worker_is_seen_by_a_socket_on_another(workers, browser_factory):
+def test_login_on_one_worker_is_entered_by_a_socket_opened_on_another(workers, browser_factory):
     a, b = workers
     browser = browser_factory(a)
     browser.get("/me")
-    sc = browser.socket(b)
-    assert sc.call("whoami", timeout=10)["user"] is None
+    before = browser.socket(b)
+    assert before.call("whoami", timeout=10)["user"] is None
     sid = browser.post("/login/alice").json()["sid"]
-    reply = sc.call("whoami", timeout=10)
+    assert before.call("whoami", timeout=10)["user"] is None  # never follows (rule 6)
+    reply = browser.socket(b).call("whoami", timeout=10)
     assert reply["user"] == "alice" and reply["sid"] == sid
 
 
@@ -57,7 +58,7 @@ def test_destroy_on_one_worker_ends_a_socket_on_another(workers, browser_factory
     assert sc.call("whoami", timeout=10)["user"] is None
 
 
-def test_regenerate_on_one_worker_is_followed_on_another(workers, browser_factory):
+def test_regenerate_on_one_worker_is_announced_on_another(workers, browser_factory):
     a, b = workers
     browser = browser_factory(a)
     old = browser.post("/login/alice").json()["sid"]
@@ -65,9 +66,11 @@ def test_regenerate_on_one_worker_is_followed_on_another(workers, browser_factor
     assert sc.call("inc", timeout=10) == 1
     new = browser.post("/login/alice").json()["sid"]
     assert new != old
-    reply = sc.call("whoami", timeout=10)
+    assert sc.ended_event.wait(10), "no session_ended pushed to the other worker"
+    assert sc.ended == [{"reason": "renewed"}]
+    assert sc.call("whoami", timeout=10) == {"user": None, "n": None, "sid": None}
+    reply = browser.socket(b).call("whoami", timeout=10)
     assert reply == {"user": "alice", "n": 1, "sid": new}
-    assert sc.ended == []
 
 
 def test_increments_across_workers_lose_nothing(workers, browser_factory):

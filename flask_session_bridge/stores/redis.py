@@ -157,7 +157,10 @@ def _text(value: bytes | str) -> str:
 def _record(value: bytes | str | None) -> Record | None:
     if value is None:
         return None
-    client_id, _, data = _text(value).partition("\n")
+    # Undecodable bytes stay (as surrogates) for the bridge to refuse as a
+    # corrupt record; raising here would leave the lock just taken stuck.
+    text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+    client_id, _, data = text.partition("\n")
     return Record(client_id, data)
 
 
