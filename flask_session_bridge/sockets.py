@@ -24,7 +24,6 @@ from .exceptions import StoreUnavailable
 from .login import remember_cookie_name
 from .session import BridgeSession
 from .state import room_name
-from .stores.base import lock_client
 
 if t.TYPE_CHECKING:
     from flask_socketio import SocketIO
@@ -202,9 +201,10 @@ def _open(
         sock.resolved = True
         _resolve_connect(state, sock, session, sid, namespace)
     elif sock.client_id is not None:
-        current, token, record = lock_client(
-            state.store, sock.client_id, state.lock_expire, state.lock_timeout
-        )
+        # Stopgap until the core drops the client look-up (rule 6): the
+        # store protocol no longer offers lock_client.
+        current = state.store.get_session_id(sock.client_id)
+        token, record = state.lock(current) if current is not None else (None, None)
         if current != sock.known:
             _follow(state, sock, sid, namespace, current)
         if current is not None and token is not None:
