@@ -243,6 +243,78 @@ def test_a_waiter_takes_a_dead_holders_lock_when_its_lease_ends(kind, tmp_path, 
     assert 0.4 <= time.monotonic() - started < 1.5
 
 
+def test_renew_extends_the_lease_of_its_holder(timed):
+    store, advance = timed
+    needs_renew(store)
+    s, c = new_id(), new_id()
+    token, _ = store.lock(s, 0.5, 1.0)
+    advance(0.3)
+    assert store.renew(s, token, 0.5) is True
+    advance(0.3)  # 0.6 s after the lock: expired, were it not renewed
+    assert_held(store, s)
+    assert store.save(s, Record(c, "kept"), 60.0, token, True) is True
+    assert store.get(s) == Record(c, "kept")
+    assert_free(store, s)
+
+
+def test_renew_of_a_lost_lock_changes_nothing(timed):
+    store, advance = timed
+    needs_renew(store)
+    s, c = new_id(), new_id()
+    # Another holder's token cannot extend a lease, nor take the lock.
+    token, _ = store.lock(s, 0.5, 1.0)
+    assert store.renew(s, secrets.token_hex(16), 60.0) is False
+    advance(0.6)
+    assert_free(store, s)
+    # An expired lease cannot be renewed, even when nobody took the lock...
+    stale, _ = store.lock(s, 0.2, 1.0)
+    advance(0.3)
+    assert store.renew(s, stale, 60.0) is False
+    assert_free(store, s)
+    # ...nor once another holder did, whose lock it leaves alone.
+    stale, _ = store.lock(s, 0.2, 1.0)
+    advance(0.3)
+    fresh, _ = store.lock(s, 5.0, 0)
+    assert store.renew(s, stale, 60.0) is False
+    assert_held(store, s)
+    assert store.save(s, Record(c, "fresh"), 60.0, fresh, True) is True
+    # A released lock is not brought back.
+    token, _ = store.lock(s, 5.0, 1.0)
+    store.release(s, token, None)
+    assert store.renew(s, token, 60.0) is False
+    assert_free(store, s)
+
+
+def test_leases_keep_a_long_holders_lock_and_only_while_held(live_store):
+    # A handler that works three times the lease keeps its lock while Leases
+    # renews it; nobody else gets in meanwhile. Once it stops renewing (the
+    # holder crashed), the lock is free within the lease.
+    store = live_store
+    needs_renew(store)
+    s, c = new_id(), new_id()
+    expire = 0.6
+    leases = Leases(store, expire)
+    token, _ = store.lock(s, expire, 1.0)
+    leases.hold(s, token)
+    started = time.monotonic()
+    while time.monotonic() - started < 3 * expire:
+        assert_held(store, s)
+        time.sleep(expire / 6)
+    assert store.save(s, Record(c, "after the long work"), 60.0, token, True) is True
+    leases.drop(token)
+
+    token, _ = store.lock(s, expire, 1.0)
+    leases.hold(s, token)
+    time.sleep(expire)
+    leases.drop(token)  # the watchdog stops renewing, as if its process died
+    dropped = time.monotonic()
+    other, record = store.lock(s, 5.0, 10.0)
+    assert record == Record(c, "after the long work")
+    assert time.monotonic() - dropped < 1.5 * expire
+    with pytest.raises(SessionLockTimeout):
+        store.save(s, Record(c, "too late"), 60.0, token, True)
+
+
 def test_save_with_an_expired_token_writes_nothing(timed):
     store, advance = timed
     s, c, other_client = new_id(), new_id(), new_id()
