@@ -622,36 +622,41 @@ def test_sqlite_cleanup_in_batches_removes_every_expired_row(tmp_path, monkeypat
     assert counts == [1, 1, 0]
 
 
-EVENTLET_PREAMBLE = """
-import json, os, resource, sys, time, warnings
+GREEN_PREAMBLE = """
+import json, os, resource, sys, threading, time, warnings
 warnings.simplefilter("ignore")
-import eventlet
-eventlet.monkey_patch()
+if sys.argv[1] == "eventlet":
+    import eventlet
+    eventlet.monkey_patch()
+else:
+    from gevent import monkey
+    monkey.patch_all()
 from flask_session_bridge.stores.base import Record
 from flask_session_bridge.stores.sqlite import SQLiteStore
+# Threads are green threads from here on.
 """
 
-EVENTLET_BUSY = EVENTLET_PREAMBLE + """
-store = SQLiteStore(sys.argv[1], timeout=10.0)
+GREEN_BUSY = GREEN_PREAMBLE + """
+store = SQLiteStore(sys.argv[2], timeout=10.0)
 ticks = []
 
 def ticker():
     while True:
         ticks.append(time.monotonic())
-        eventlet.sleep(0.005)
+        time.sleep(0.005)
 
-eventlet.spawn(ticker)
+threading.Thread(target=ticker, daemon=True).start()
 print("ready", flush=True)
 sys.stdin.readline()  # the parent holds the database now
 started = time.monotonic()
-store.lock(sys.argv[2], 5.0, 10.0)
+store.lock(sys.argv[3], 5.0, 10.0)
 ended = time.monotonic()
 during = [started, *(t for t in ticks if t >= started), ended]
 print(json.dumps({"took": ended - started, "gap": max(b - a for a, b in zip(during, during[1:]))}))
 """
 
 
-def run_eventlet(script, *args, stdin=None):
+def run_green(script, *args):
     env = {**os.environ, "PYTHONPATH": ROOT}
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
@@ -659,12 +664,14 @@ def run_eventlet(script, *args, stdin=None):
     )
 
 
-def test_sqlite_busy_database_does_not_stop_other_green_threads(tmp_path):
-    # Another process holds the file for a second; under eventlet, SQLite's
-    # own busy wait would freeze every green thread of the worker that long.
+@pytest.mark.parametrize("hub", ["eventlet", "gevent"])
+def test_sqlite_busy_database_does_not_stop_other_green_threads(tmp_path, hub):
+    # Another process holds the file for a second; under eventlet or gevent,
+    # SQLite's own busy wait would freeze every green thread of the worker
+    # that long.
     path = str(tmp_path / "sessions.db")
     SQLiteStore(path)
-    with run_eventlet(EVENTLET_BUSY, path, new_id()) as child:
+    with run_green(GREEN_BUSY, hub, path, new_id()) as child:
         assert child.stdout.readline().strip() == "ready"
         other = sqlite3.connect(path, isolation_level=None)
         try:
@@ -681,16 +688,16 @@ def test_sqlite_busy_database_does_not_stop_other_green_threads(tmp_path):
     assert result["gap"] < 0.2  # while the rest of the worker went on
 
 
-EVENTLET_CROWD = EVENTLET_PREAMBLE + """
+GREEN_CROWD = GREEN_PREAMBLE + """
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-store = SQLiteStore(sys.argv[1])
+store = SQLiteStore(sys.argv[2])
 sessions = ["%064x" % n for n in range(10)]
 acknowledged = [0]
 
 def event(n):
     session_id = sessions[n % len(sessions)]
     token, record = store.lock(session_id, 5.0, 60.0)
-    eventlet.sleep(0.001)  # the handler runs; other green threads too
+    time.sleep(0.001)  # the handler runs; other green threads too
     count = int(record.data) + 1 if record is not None else 1
     store.save(session_id, Record("client", str(count)), 60.0, token, True)
     acknowledged[0] += 1
@@ -701,10 +708,11 @@ def fds():
 before = fds()
 rounds = []
 for _ in range(2):
-    pool = eventlet.GreenPool(1000)
-    for n in range(1000):
-        pool.spawn(event, n)
-    pool.waitall()
+    crowd = [threading.Thread(target=event, args=(n,)) for n in range(1000)]
+    for thread in crowd:
+        thread.start()
+    for thread in crowd:
+        thread.join()
     rounds.append(fds())
 stored = sum(int(store.get(s).data) for s in sessions)
 print(json.dumps({"before": before, "rounds": rounds, "acknowledged": acknowledged[0],
@@ -712,10 +720,11 @@ print(json.dumps({"before": before, "rounds": rounds, "acknowledged": acknowledg
 """
 
 
-def test_sqlite_1000_green_threads_share_a_few_connections(tmp_path):
+@pytest.mark.parametrize("hub", ["eventlet", "gevent"])
+def test_sqlite_1000_green_threads_share_a_few_connections(tmp_path, hub):
     # Each round is 1,000 green threads at once under a 256-file limit: a
     # connection per green thread runs out of files at once.
-    with run_eventlet(EVENTLET_CROWD, str(tmp_path / "sessions.db")) as child:
+    with run_green(GREEN_CROWD, hub, str(tmp_path / "sessions.db")) as child:
         out, _ = child.communicate(timeout=120)
     assert child.returncode == 0
     result = json.loads(out)
