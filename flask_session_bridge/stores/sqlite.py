@@ -108,8 +108,11 @@ class SQLiteStore:
         self._pid = os.getpid()
         self._idle: list[sqlite3.Connection] = []
         self._opened = 0
-        #: Tokens of the locks taken through this store and not yet let go.
-        self._held: set[str] = set()
+        #: Threads waiting for a connection.
+        self._pool_waiting = 0
+        #: session id -> (token, lease end) of each lock taken through this
+        #: store and not yet let go.
+        self._holders: dict[str, tuple[str, float]] = {}
         self._waiters = Waiters(self._mutex)
 
     # -- connections ------------------------------------------------------
@@ -145,7 +148,11 @@ class SQLiteStore:
                         f"SQLite store {self.path}: no free connection after"
                         f" {self.timeout:g}s"
                     )
-                self._pool_free.wait(left)
+                self._pool_waiting += 1
+                try:
+                    self._pool_free.wait(left)
+                finally:
+                    self._pool_waiting -= 1
             if self._idle:
                 return self._idle.pop()
             self._opened += 1
@@ -161,7 +168,8 @@ class SQLiteStore:
                 self._opened -= 1
             else:
                 self._idle.append(db)
-            self._pool_free.notify()
+            if self._pool_waiting:
+                self._pool_free.notify()
 
     def _run(self, work: t.Callable[[sqlite3.Connection], _T], write: bool = False) -> _T:
         """Run ``work`` on a pooled connection; while the database is busy,
@@ -246,30 +254,38 @@ class SQLiteStore:
                 " expires = excluded.expires WHERE bridge_locks.expires <= ?",
                 (session_id, token, now + expire, now),
             ).rowcount:
-                return True, token, expire, self._read(db, session_id, now)
+                record = self._read(db, session_id, now)
+                # Before the commit, so that no waiter of this store takes
+                # the lock for another process's and polls.
+                with self._mutex:
+                    self._holders[session_id] = (token, now + expire)
+                return True, token, now + expire, record
             holder, expires = db.execute(
                 "SELECT token, expires FROM bridge_locks WHERE session_id = ?", (session_id,)
             ).fetchone()
-            return False, holder, expires - now, None
+            return False, holder, expires, None
 
         deadline = time.monotonic() + timeout
         poll = _POLL_FIRST
-        with self._mutex:
-            queue = self._waiters.join(session_id)
-            seen = queue.releases
+        queue = None
+        seen = 0
         taken = False
         try:
             while True:
-                # Counted as held before the commit, so a waiter never takes
-                # a lock of this process for another process's.
-                self._held.add(token)
-                try:
-                    taken, holder, lease, record = self._transaction(attempt)
-                finally:
-                    if not taken:
-                        self._held.discard(token)
-                if taken:
-                    return token, record
+                with self._mutex:
+                    mine = self._holders.get(session_id)
+                if mine is not None and mine[1] > self._clock():
+                    # A thread of this store holds it: no need to ask the file.
+                    holder, expires = mine
+                else:
+                    try:
+                        taken, holder, expires, record = self._transaction(attempt)
+                    except BaseException:
+                        # Registered as the holder, but not committed.
+                        self._let_go(session_id, token)
+                        raise
+                    if taken:
+                        return token, record
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise SessionLockTimeout(
@@ -278,22 +294,28 @@ class SQLiteStore:
                 # Sleep until the holder's lease runs out at the latest; a
                 # holder in this store wakes us when it lets go, one of
                 # another process cannot.
-                pause = min(left, max(lease, 0.0))
-                if holder not in self._held:
-                    pause = min(pause, poll)
-                    poll = min(poll * 2, _POLL_MAX)
+                pause = min(left, max(expires - self._clock(), 0.0))
                 with self._mutex:
+                    if self._holders.get(session_id, ("",))[0] != holder:
+                        # Another process's (or let go just now).
+                        pause = min(pause, poll)
+                        poll = min(poll * 2, _POLL_MAX)
+                    if queue is None:
+                        queue = self._waiters.join(session_id)
+                        seen = queue.releases
                     if queue.releases == seen:
                         queue.wake.wait(pause)
                     seen = queue.releases
         finally:
-            with self._mutex:
-                self._waiters.leave(session_id, queue, woken_in_vain=not taken)
+            if queue is not None:
+                with self._mutex:
+                    self._waiters.leave(session_id, queue, woken_in_vain=not taken)
 
     def _let_go(self, session_id: str, token: str) -> None:
         """Wake one thread waiting for the lock ``token`` held, if any."""
         with self._mutex:
-            self._held.discard(token)
+            if self._holders.get(session_id, ("",))[0] == token:
+                del self._holders[session_id]
             self._waiters.released(session_id)
 
     def renew(self, session_id: str, token: str, expire: float) -> bool:
@@ -304,6 +326,10 @@ class SQLiteStore:
                 " WHERE session_id = ? AND token = ? AND expires > ?",
                 (now + expire, session_id, token, now),
             ).rowcount
+            if changed:
+                with self._mutex:
+                    if self._holders.get(session_id, ("",))[0] == token:
+                        self._holders[session_id] = (token, now + expire)
             return changed == 1
 
         return self._transaction(write)
