@@ -146,14 +146,16 @@ def test_a_working_holder_keeps_its_lock_until_killed(shared_store_url):
          str(expire)],
         stdout=subprocess.PIPE, text=True,
     ) as worker:
-        assert worker.stdout.readline().strip() == "locked"
-        locked = time.monotonic()
-        while time.monotonic() - locked < 3.5 * expire:
-            with pytest.raises(SessionLockTimeout):
-                store.lock(session_id, 5.0, 0)
-            time.sleep(0.1)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(5)
+        try:
+            assert worker.stdout.readline().strip() == "locked"
+            locked = time.monotonic()
+            while time.monotonic() - locked < 3.5 * expire:
+                with pytest.raises(SessionLockTimeout):
+                    store.lock(session_id, 5.0, 0)
+                time.sleep(0.1)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(5)
         killed = time.monotonic()
         token, _ = store.lock(session_id, 5.0, 5.0)
         assert time.monotonic() - killed < expire + 0.5
