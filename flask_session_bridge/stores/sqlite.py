@@ -56,11 +56,12 @@ class SQLiteStore:
     again, rather than letting SQLite's busy handler block the thread, which
     under eventlet or gevent would stop every green thread.
 
-    A lock waiter is woken when a thread of this store releases the lock,
-    one waiter per release. SQLite cannot signal another process: a lock
-    held by another process is polled, every 2 ms at first, backing off to
-    every 50 ms, and a lock held by a crashed process is taken as soon as its
-    lease runs out.
+    Lock waiters do not poll a lock held through this store (the threads
+    and green threads of one worker, the common case): they sleep until its
+    holder lets go, which wakes one of them, or until its lease runs out.
+    SQLite cannot signal another process: a lock held by another process is
+    polled, every 2 ms at first, backing off to every 50 ms, so a lock of a
+    crashed process is taken at most 50 ms after its lease ran out.
 
     :param path: The database file; its folder is created if missing.
     :param timeout: How long a call waits for the database when another
