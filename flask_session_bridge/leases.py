@@ -12,6 +12,7 @@ an event nothing but two dict operations.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import typing as t
@@ -28,41 +29,53 @@ class Leases:
     """The locks this process holds in ``store``, renewed while held.
 
     :param store: The store the locks are in.
-    :param expire: Seconds each lease lasts; renewed every third of that.
+    :param expire: Seconds each lease lasts. A lease is renewed once a third
+        of it has passed, at the latest when half of it has: the watchdog
+        looks every sixth, so a slow renewal still lands in time.
+    :param clock: Seconds, to tell how long a lock has been held (tests pass
+        a clock they move).
     """
 
-    def __init__(self, store: Store, expire: float) -> None:
+    def __init__(
+        self, store: Store, expire: float, *, clock: t.Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.expire = expire
-        #: token -> (session id, monotonic time of the last take or renewal)
+        self._clock = clock
+        #: token -> (session id, time of the last take or renewal)
         self._held: dict[str, tuple[str, float]] = {}
         self._mutex = threading.Lock()
-        self._thread: threading.Thread | None = None
+        #: The process whose watchdog runs; a forked child has none.
+        self._pid: int | None = None
 
     def hold(self, session_id: str, token: str) -> None:
         """Renew the lock ``token`` holds on ``session_id`` until :meth:`drop`."""
-        self._held[token] = (session_id, time.monotonic())
-        if self._thread is None:
+        if self._pid != os.getpid():
             self._start()
+        with self._mutex:
+            self._held[token] = (session_id, self._clock())
 
     def drop(self, token: str) -> None:
         """Stop renewing the lock: it was released, saved or lost."""
-        self._held.pop(token, None)
+        with self._mutex:
+            self._held.pop(token, None)
 
     def _start(self) -> None:
         with self._mutex:
-            if self._thread is not None:
+            if self._pid == os.getpid():
                 return
+            # A fork copies the parent's locks but not its threads: the
+            # locks are the parent's to renew.
+            self._held.clear()
+            self._pid = os.getpid()
             # A daemon thread (a green thread once eventlet or gevent patched
-            # threading), started at the first lock so that it starts after a
-            # server forks its workers.
-            self._thread = threading.Thread(
+            # threading), started at the first lock of each process.
+            threading.Thread(
                 target=self._run, name="flask_session_bridge leases", daemon=True
-            )
-            self._thread.start()
+            ).start()
 
     def _run(self) -> None:
-        period = self.expire / 3
+        period = self.expire / 6
         while True:
             time.sleep(period)
             try:
@@ -72,13 +85,15 @@ class Leases:
 
     def renew_due(self) -> None:
         """Renew every lock last renewed a third of its lease ago or more."""
-        now = time.monotonic()
-        due = [
-            (token, session_id)
-            for token, (session_id, since) in list(self._held.items())
-            if now - since >= self.expire / 3
-        ]
+        now = self._clock()
+        with self._mutex:
+            due = [
+                (token, session_id)
+                for token, (session_id, since) in self._held.items()
+                if now - since >= self.expire / 3
+            ]
         for token, session_id in due:
+            renewed = self._clock()
             try:
                 kept = self.store.renew(session_id, token, self.expire)
             except SessionBridgeError as e:
@@ -86,8 +101,18 @@ class Leases:
                 # past the lease, the write-back finds the lock lost.
                 logger.warning("could not renew the lock of session %s: %s", session_id, e)
                 continue
+            except Exception:
+                # A store's bug must not cost the other locks their renewal.
+                logger.exception("renewing the lock of session %s failed", session_id)
+                continue
+            with self._mutex:
+                if token not in self._held:
+                    continue  # dropped meanwhile: the work is done
+                if kept:
+                    # Timed from before the call: the lease runs from when
+                    # the store got it, not from when its answer came back.
+                    self._held[token] = (session_id, renewed)
+                else:
+                    del self._held[token]
             if not kept:
                 logger.error("session %s: its lock expired while work was running", session_id)
-                self._held.pop(token, None)
-            elif token in self._held:
-                self._held[token] = (session_id, time.monotonic())

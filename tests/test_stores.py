@@ -5,6 +5,7 @@ goes away, a pool that waits.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -21,12 +22,66 @@ from conftest import RedisServer
 from flask_session_bridge import MemoryStore
 from flask_session_bridge import SessionLockTimeout
 from flask_session_bridge import StoreUnavailable
-from flask_session_bridge.stores.base import lock_client
+from flask_session_bridge.leases import Leases
 from flask_session_bridge.stores.base import Record
 from flask_session_bridge.stores.redis import RedisStore
 from flask_session_bridge.stores.sqlite import SQLiteStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class FakeClock:
+    """A clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_store(kind, tmp_path, request, clock=None):
+    """An empty store of ``kind``; memory and SQLite read ``clock`` if given."""
+    options = {} if clock is None else {"clock": clock}
+    if kind == "memory":
+        return MemoryStore(**options)
+    if kind == "sqlite":
+        return SQLiteStore(str(tmp_path / "sessions.db"), **options)
+    server = request.getfixturevalue("redis_server")
+    if server.process is None:  # a test stopped it
+        server.start()
+    return RedisStore(server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def timed(request, tmp_path):
+    """``(store, advance)``: each store kind, empty, and a function that
+    moves its clock. Redis keeps its own time, so for it ``advance`` sleeps.
+    """
+    if request.param == "redis":
+        return make_store("redis", tmp_path, request), time.sleep
+    clock = FakeClock()
+    return make_store(request.param, tmp_path, request, clock), clock.advance
+
+
+@pytest.fixture
+def store(timed):
+    return timed[0]
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def live_store(request, tmp_path):
+    """Each store kind on the real clock, for leases that threads renew."""
+    return make_store(request.param, tmp_path, request)
+
+
+def needs_renew(store):
+    # RedisStore.renew lands with the Redis half of issue 12; remove at merge.
+    if not hasattr(store, "renew"):
+        pytest.xfail("this RedisStore has no renew() yet")
 
 
 def new_id() -> str:
@@ -109,36 +164,65 @@ def test_a_waiter_gets_the_lock_and_the_holders_write(store):
 
 
 def test_no_update_is_lost_under_contention(store):
+    # Thousands of read-modify-writes from 16 threads on one session, each
+    # yielding between its read and its write as a handler would: a lock that
+    # does not exclude loses some of them.
     s, c = new_id(), new_id()
     put(store, s, c, "0")
+    acknowledged = [0] * 16
     errors = []
 
-    def work():
+    def work(n):
         try:
-            for _ in range(5):
-                token, record = store.lock(s, 5.0, 10.0)
+            for _ in range(150):
+                token, record = store.lock(s, 30.0, 60.0)
+                time.sleep(0)
                 store.save(s, Record(c, str(int(record.data) + 1)), 60.0, token, False)
+                acknowledged[n] += 1
         except Exception as e:  # reported by the assertion below
             errors.append(e)
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert errors == []
-    assert store.get(s) == Record(c, "40")
+    assert sum(acknowledged) == 16 * 150
+    assert store.get(s) == Record(c, str(sum(acknowledged)))
 
 
-def test_an_expired_lock_is_free_again(store):
+def test_a_waiter_is_woken_by_the_release_not_by_the_lease(store):
+    # The waiter must not sleep until the holder's 30 s lease runs out.
+    s, c = new_id(), new_id()
+    token, _ = store.lock(s, 30.0, 1.0)
+    taken = []
+
+    def waiter():
+        store.lock(s, 30.0, 20.0)
+        taken.append(time.monotonic())
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.1)  # let it start waiting
+    assert taken == []
+    released = time.monotonic()
+    store.save(s, Record(c, "x"), 60.0, token, True)
+    thread.join(25)
+    assert len(taken) == 1
+    assert taken[0] - released < 1.0
+
+
+def test_an_expired_lock_is_free_again(timed):
     # Its holder crashed, or is too slow: the next one takes the lock, and the
     # old holder can no longer write.
+    store, advance = timed
     s, c = new_id(), new_id()
     put(store, s, c, "before")
     stale, _ = store.lock(s, 0.2, 1.0)
-    start = time.monotonic()
-    fresh, record = store.lock(s, 5.0, 3.0)
-    assert 0.1 <= time.monotonic() - start < 2.0
+    assert_held(store, s)
+    advance(0.3)
+    fresh, record = store.lock(s, 5.0, 0)
     assert record == Record(c, "before")
     with pytest.raises(SessionLockTimeout):
         store.save(s, Record(c, "stale write"), 60.0, stale, True)
@@ -148,11 +232,96 @@ def test_an_expired_lock_is_free_again(store):
     assert store.get(s) == Record(c, "fresh write")
 
 
-def test_save_with_an_expired_token_writes_nothing(store):
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_a_waiter_takes_a_dead_holders_lock_when_its_lease_ends(kind, tmp_path, request):
+    # On the real clock: nobody releases, so nothing wakes the waiter but
+    # the end of the lease; it must not sleep through to its own timeout.
+    store = make_store(kind, tmp_path, request)
+    s = new_id()
+    store.lock(s, 0.5, 1.0)
+    started = time.monotonic()
+    store.lock(s, 5.0, 10.0)
+    assert 0.4 <= time.monotonic() - started < 1.5
+
+
+def test_renew_extends_the_lease_of_its_holder(timed):
+    store, advance = timed
+    needs_renew(store)
+    s, c = new_id(), new_id()
+    token, _ = store.lock(s, 0.5, 1.0)
+    advance(0.3)
+    assert store.renew(s, token, 0.5) is True
+    advance(0.3)  # 0.6 s after the lock: expired, were it not renewed
+    assert_held(store, s)
+    assert store.save(s, Record(c, "kept"), 60.0, token, True) is True
+    assert store.get(s) == Record(c, "kept")
+    assert_free(store, s)
+
+
+def test_renew_of_a_lost_lock_changes_nothing(timed):
+    store, advance = timed
+    needs_renew(store)
+    s, c = new_id(), new_id()
+    # Another holder's token cannot extend a lease, nor take the lock.
+    token, _ = store.lock(s, 0.5, 1.0)
+    assert store.renew(s, secrets.token_hex(16), 60.0) is False
+    advance(0.6)
+    assert_free(store, s)
+    # An expired lease cannot be renewed, even when nobody took the lock...
+    stale, _ = store.lock(s, 0.2, 1.0)
+    advance(0.3)
+    assert store.renew(s, stale, 60.0) is False
+    assert_free(store, s)
+    # ...nor once another holder did, whose lock it leaves alone.
+    stale, _ = store.lock(s, 0.2, 1.0)
+    advance(0.3)
+    fresh, _ = store.lock(s, 5.0, 0)
+    assert store.renew(s, stale, 60.0) is False
+    assert_held(store, s)
+    assert store.save(s, Record(c, "fresh"), 60.0, fresh, True) is True
+    # A released lock is not brought back.
+    token, _ = store.lock(s, 5.0, 1.0)
+    store.release(s, token, None)
+    assert store.renew(s, token, 60.0) is False
+    assert_free(store, s)
+
+
+def test_leases_keep_a_long_holders_lock_and_only_while_held(live_store):
+    # A handler that works three times the lease keeps its lock while Leases
+    # renews it; nobody else gets in meanwhile. Once it stops renewing (the
+    # holder crashed), the lock is free within the lease.
+    store = live_store
+    needs_renew(store)
+    s, c = new_id(), new_id()
+    expire = 0.6
+    leases = Leases(store, expire)
+    token, _ = store.lock(s, expire, 1.0)
+    leases.hold(s, token)
+    started = time.monotonic()
+    while time.monotonic() - started < 3 * expire:
+        assert_held(store, s)
+        time.sleep(expire / 6)
+    assert store.save(s, Record(c, "after the long work"), 60.0, token, True) is True
+    leases.drop(token)
+
+    token, _ = store.lock(s, expire, 1.0)
+    leases.hold(s, token)
+    time.sleep(expire)
+    leases.drop(token)  # the watchdog stops renewing, as if its process died
+    dropped = time.monotonic()
+    other, record = store.lock(s, 5.0, 10.0)
+    assert record == Record(c, "after the long work")
+    assert time.monotonic() - dropped < 1.5 * expire
+    with pytest.raises(SessionLockTimeout):
+        store.save(s, Record(c, "too late"), 60.0, token, True)
+
+
+def test_save_with_an_expired_token_writes_nothing(timed):
+    store, advance = timed
     s, c, other_client = new_id(), new_id(), new_id()
     put(store, s, c, "old")
     token, _ = store.lock(s, 0.2, 1.0)
-    time.sleep(0.3)
+    advance(0.3)
     with pytest.raises(SessionLockTimeout) as info:
         store.save(s, Record(other_client, "new"), 60.0, token, True)
     assert info.value.session_id == s
@@ -172,14 +341,15 @@ def test_save_with_a_foreign_token_writes_nothing_and_keeps_the_lock(store):
     assert store.save(s, Record(c, "holder"), 60.0, token, True) is True
 
 
-def test_save_says_whether_it_created_the_record(store):
+def test_save_says_whether_it_created_the_record(timed):
+    store, advance = timed
     s, c = new_id(), new_id()
     assert put(store, s, c, "1") is True
     assert put(store, s, c, "2") is False
     token, _ = store.lock(s, 5.0, 1.0)
     store.delete(s, token)
     assert put(store, s, c, "3", max_age=0.2) is True
-    time.sleep(0.3)
+    advance(0.3)
     assert put(store, s, c, "4") is True  # the old one had expired
 
 
@@ -208,52 +378,56 @@ def test_an_unlinked_save_neither_creates_nor_repoints_the_mapping(store):
     assert store.get_session_id(c) == s1
 
 
-def test_an_unlinked_save_refreshes_a_mapping_that_points_here(store):
+def test_an_unlinked_save_refreshes_a_mapping_that_points_here(timed):
+    store, advance = timed
     s, c = new_id(), new_id()
-    put(store, s, c, max_age=2.0, link=True)
-    time.sleep(1.2)
-    put(store, s, c, max_age=2.0, link=False)
-    time.sleep(1.2)
+    put(store, s, c, max_age=1.0, link=True)
+    advance(0.6)
+    put(store, s, c, max_age=1.0, link=False)
+    advance(0.6)
     assert store.get_session_id(c) == s
     assert store.get(s) is not None
 
 
-def test_release_with_max_age_touches_session_and_mapping(store):
+def test_release_with_max_age_touches_session_and_mapping(timed):
+    store, advance = timed
     touched, untouched = (new_id(), new_id()), (new_id(), new_id())
-    put(store, *touched, max_age=2.0)
-    put(store, *untouched, max_age=2.0)
-    time.sleep(1.2)
+    put(store, *touched, max_age=1.0)
+    put(store, *untouched, max_age=1.0)
+    advance(0.6)
     for s, _ in (touched, untouched):
         token, _ = store.lock(s, 5.0, 1.0)
-        store.release(s, token, 2.0 if s == touched[0] else None)
+        store.release(s, token, 1.0 if s == touched[0] else None)
         assert_free(store, s)
-    time.sleep(1.2)
+    advance(0.6)
     assert store.get(touched[0]) == Record(touched[1], "{}")
     assert store.get_session_id(touched[1]) == touched[0]
     assert store.get(untouched[0]) is None
     assert store.get_session_id(untouched[1]) is None
 
 
-def test_release_leaves_a_mapping_that_points_elsewhere(store):
+def test_release_leaves_a_mapping_that_points_elsewhere(timed):
+    store, advance = timed
     s1, s2, c = new_id(), new_id(), new_id()
-    put(store, s1, c, max_age=1.0)
-    put(store, s2, c, max_age=1.0)
+    put(store, s1, c, max_age=0.5)
+    put(store, s2, c, max_age=0.5)
     token, _ = store.lock(s1, 5.0, 1.0)
     store.release(s1, token, 60.0)
-    time.sleep(1.2)
+    advance(0.6)
     assert store.get(s1) is not None
     assert store.get_session_id(c) is None  # s2's mapping expired with s2
 
 
-def test_a_stale_token_neither_touches_nor_unlocks(store):
+def test_a_stale_token_neither_touches_nor_unlocks(timed):
+    store, advance = timed
     s, c = new_id(), new_id()
     put(store, s, c, max_age=0.5)
     stale, _ = store.lock(s, 0.1, 1.0)
-    time.sleep(0.15)
+    advance(0.15)
     store.lock(s, 5.0, 0)
     store.release(s, stale, 60.0)
     assert_held(store, s)
-    time.sleep(0.45)
+    advance(0.45)
     assert store.get(s) is None
 
 
@@ -280,12 +454,13 @@ def test_delete_leaves_a_mapping_that_points_elsewhere(store):
     assert store.get(s2) == Record(c, "two")
 
 
-def test_sessions_expire_and_cleanup_removes_exactly_the_expired(store):
+def test_sessions_expire_and_cleanup_removes_exactly_the_expired(timed):
+    store, advance = timed
     old, old_client = new_id(), new_id()
     live, live_client = new_id(), new_id()
     put(store, old, old_client, "old", max_age=0.2)
     put(store, live, live_client, "live", max_age=60.0)
-    time.sleep(0.3)
+    advance(0.3)
     # Invisible before any cleanup.
     assert store.get(old) is None
     assert store.get_session_id(old_client) is None
@@ -305,12 +480,13 @@ def test_sessions_expire_and_cleanup_removes_exactly_the_expired(store):
     assert store.get_session_id(live_client) == live
 
 
-def test_cleanup_spares_a_session_whose_expiry_was_pushed_back(store):
+def test_cleanup_spares_a_session_whose_expiry_was_pushed_back(timed):
+    store, advance = timed
     touched, client = new_id(), new_id()
-    put(store, touched, client, "data", max_age=1.0)
+    put(store, touched, client, "data", max_age=0.5)
     token, _ = store.lock(touched, 5.0, 1.0)
     store.release(touched, token, 60.0)  # a touch: 60 s from now
-    time.sleep(1.2)
+    advance(0.6)
     assert store.cleanup() == []
     assert store.get(touched) == Record(client, "data")
     assert store.get_session_id(client) == touched
@@ -327,28 +503,6 @@ def test_memory_store_expiry_index_stays_bounded_under_touches():
     assert len(store._deadlines) <= 1024 + 2
     assert store.cleanup() == []
     assert store.get(session_id) == Record(client, "{}")
-
-
-def test_lock_client_finds_locks_and_reads_the_clients_session(store):
-    c = new_id()
-    assert lock_client(store, c, 5.0, 1.0) == (None, None, None)
-    s1, s2 = new_id(), new_id()
-    put(store, s1, c, "one")
-    session_id, token, record = lock_client(store, c, 5.0, 1.0)
-    assert (session_id, record) == (s1, Record(c, "one"))
-    assert_held(store, s1)
-    store.release(s1, token, None)
-    put(store, s2, c, "two")
-    assert lock_client(store, c, 5.0, 1.0)[::2] == (s2, Record(c, "two"))
-    with pytest.raises(SessionLockTimeout):
-        lock_client(store, c, 5.0, 0.1)
-
-
-def test_lock_client_ignores_an_expired_mapping(store):
-    s, c = new_id(), new_id()
-    put(store, s, c, max_age=0.2)
-    time.sleep(0.3)
-    assert lock_client(store, c, 5.0, 1.0) == (None, None, None)
 
 
 # SQLite: one file, several processes.
@@ -444,7 +598,8 @@ def test_sqlite_busy_database_is_store_unavailable_then_recovers(tmp_path):
 
 def test_sqlite_cleanup_in_batches_removes_every_expired_row(tmp_path, monkeypatch):
     path = str(tmp_path / "sessions.db")
-    store = SQLiteStore(path)
+    clock = FakeClock()
+    store = SQLiteStore(path, clock=clock)
     monkeypatch.setattr(store, "cleanup_batch", 3)
     expired = {(new_id(), new_id()) for _ in range(10)}
     for s, c in expired:
@@ -453,7 +608,7 @@ def test_sqlite_cleanup_in_batches_removes_every_expired_row(tmp_path, monkeypat
     put(store, *live)
     stale = new_id()
     store.lock(stale, 0.1, 1.0)  # a crashed holder's lock
-    time.sleep(0.2)
+    clock.advance(0.2)
     assert set(store.cleanup()) == expired
     assert store.get(live[0]) is not None
     db = sqlite3.connect(path)
@@ -465,6 +620,118 @@ def test_sqlite_cleanup_in_batches_removes_every_expired_row(tmp_path, monkeypat
     finally:
         db.close()
     assert counts == [1, 1, 0]
+
+
+GREEN_PREAMBLE = """
+import json, os, resource, sys, threading, time, warnings
+warnings.simplefilter("ignore")
+if sys.argv[1] == "eventlet":
+    import eventlet
+    eventlet.monkey_patch()
+else:
+    from gevent import monkey
+    monkey.patch_all()
+from flask_session_bridge.stores.base import Record
+from flask_session_bridge.stores.sqlite import SQLiteStore
+# Threads are green threads from here on.
+"""
+
+GREEN_BUSY = GREEN_PREAMBLE + """
+store = SQLiteStore(sys.argv[2], timeout=10.0)
+ticks = []
+
+def ticker():
+    while True:
+        ticks.append(time.monotonic())
+        time.sleep(0.005)
+
+threading.Thread(target=ticker, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.readline()  # the parent holds the database now
+started = time.monotonic()
+store.lock(sys.argv[3], 5.0, 10.0)
+ended = time.monotonic()
+during = [started, *(t for t in ticks if t >= started), ended]
+print(json.dumps({"took": ended - started, "gap": max(b - a for a, b in zip(during, during[1:]))}))
+"""
+
+
+def run_green(script, *args):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )
+
+
+@pytest.mark.parametrize("hub", ["eventlet", "gevent"])
+def test_sqlite_busy_database_does_not_stop_other_green_threads(tmp_path, hub):
+    # Another process holds the file for a second; under eventlet or gevent,
+    # SQLite's own busy wait would freeze every green thread of the worker
+    # that long.
+    path = str(tmp_path / "sessions.db")
+    SQLiteStore(path)
+    with run_green(GREEN_BUSY, hub, path, new_id()) as child:
+        assert child.stdout.readline().strip() == "ready"
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            time.sleep(1.0)
+        finally:
+            other.rollback()
+            other.close()
+        result = json.loads(child.stdout.readline())
+        assert child.wait(10) == 0
+    assert 0.9 <= result["took"] < 5.0  # it waited for the database, then locked
+    assert result["gap"] < 0.2  # while the rest of the worker went on
+
+
+GREEN_CROWD = GREEN_PREAMBLE + """
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+store = SQLiteStore(sys.argv[2])
+sessions = ["%064x" % n for n in range(10)]
+acknowledged = [0]
+
+def event(n):
+    session_id = sessions[n % len(sessions)]
+    token, record = store.lock(session_id, 5.0, 60.0)
+    time.sleep(0.001)  # the handler runs; other green threads too
+    count = int(record.data) + 1 if record is not None else 1
+    store.save(session_id, Record("client", str(count)), 60.0, token, True)
+    acknowledged[0] += 1
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+before = fds()
+rounds = []
+for _ in range(2):
+    crowd = [threading.Thread(target=event, args=(n,)) for n in range(1000)]
+    for thread in crowd:
+        thread.start()
+    for thread in crowd:
+        thread.join()
+    rounds.append(fds())
+stored = sum(int(store.get(s).data) for s in sessions)
+print(json.dumps({"before": before, "rounds": rounds, "acknowledged": acknowledged[0],
+                  "stored": stored}))
+"""
+
+
+@pytest.mark.parametrize("hub", ["eventlet", "gevent"])
+def test_sqlite_1000_green_threads_share_a_few_connections(tmp_path, hub):
+    # Each round is 1,000 green threads at once under a 256-file limit: a
+    # connection per green thread runs out of files at once.
+    with run_green(GREEN_CROWD, hub, str(tmp_path / "sessions.db")) as child:
+        out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0
+    result = json.loads(out)
+    assert result["acknowledged"] == result["stored"] == 2000
+    # Each connection opens the file, its WAL and its shared memory.
+    assert result["rounds"][0] - result["before"] <= 3 * 4
+    assert result["rounds"][1] == result["rounds"][0]
 
 
 # Redis: prefixes, pools, a server that goes away.
@@ -551,8 +818,8 @@ def test_redis_takes_the_users_client_as_is(redis_server):
     assert put(store, s, c, "data") is True
     assert store.get(s) == Record(c, "data")
     assert store.get_session_id(c) == s
-    session_id, token, record = lock_client(store, c, 5.0, 1.0)
-    assert (session_id, record) == (s, Record(c, "data"))
+    token, record = store.lock(s, 5.0, 1.0)
+    assert record == Record(c, "data")
     assert store.delete(s, token) == Record(c, "data")
     client.close()
 
@@ -572,7 +839,6 @@ def test_redis_down_is_store_unavailable_and_recovers(own_redis):
         lambda: store.save(s, Record(c, "{}"), 60.0, token, True),
         lambda: store.release(s, token, 60.0),
         lambda: store.delete(s, token),
-        lambda: lock_client(store, c, 5.0, 1.0),
     ]
     for call in calls:
         with pytest.raises(StoreUnavailable) as info:
@@ -596,22 +862,18 @@ def test_redis_that_stops_answering_fails_fast(own_redis):
     assert time.monotonic() - start < 2.0
 
 
-@pytest.mark.parametrize("by", ["session id", "client id"])
-def test_a_lock_taken_by_a_call_that_timed_out_is_freed(own_redis, by):
+def test_a_lock_taken_by_a_call_that_timed_out_is_freed(own_redis):
     # The timed-out script still runs once Redis answers again: its lock,
     # whose token nobody got, must not block the session until it expires.
     store = RedisStore(f"{own_redis.url}?socket_timeout=0.5")
     s, c = new_id(), new_id()
     put(store, s, c, "data")
-    _s, token, _record = lock_client(store, c, 30.0, 1.0)  # Redis knows both scripts now
+    token, _ = store.lock(s, 30.0, 1.0)  # Redis knows the script now
     store.release(s, token, None)
     os.kill(own_redis.process.pid, signal.SIGSTOP)
     try:
         with pytest.raises(StoreUnavailable):
-            if by == "session id":
-                store.lock(s, 30.0, 1.0)
-            else:
-                lock_client(store, c, 30.0, 1.0)
+            store.lock(s, 30.0, 1.0)
     finally:
         os.kill(own_redis.process.pid, signal.SIGCONT)
     assert len(store._unsure) == 1
@@ -619,7 +881,6 @@ def test_a_lock_taken_by_a_call_that_timed_out_is_freed(own_redis, by):
     assert record == Record(c, "data")
     assert store._unsure == {}
     store.release(s, token, None)
-    assert lock_client(store, c, 30.0, 1.0)[0] == s
 
 
 def test_a_retried_lock_script_does_not_wait_for_itself(own_redis):
@@ -631,10 +892,6 @@ def test_a_retried_lock_script_does_not_wait_for_itself(own_redis):
     assert store._lock(keys=keys, args=["token", 5000])[0] == 1
     assert store._lock(keys=keys, args=["token", 5000])[0] == 1
     assert store._lock(keys=keys, args=["other", 5000])[0] == 0
-    by_client = {"keys": [store._client_key(c)], "args": ["token", 5000, store.prefix]}
-    assert store._lock_client(**by_client)[0] == 1
-    by_client["args"][0] = "other"
-    assert store._lock_client(**by_client)[0] == 2
 
 
 def test_package_imports_without_redis():

@@ -6,21 +6,30 @@ import heapq
 import secrets
 import threading
 import time
+import typing as t
 
 from ..exceptions import SessionLockTimeout
 from .base import Record
+from .waiting import Waiters
 
 
 class MemoryStore:
     """Sessions in a dict of this process. Locks work across threads and
     green threads of the process; use :class:`SQLiteStore` or
-    :class:`RedisStore` for several processes.
+    :class:`RedisStore` for several processes. A waiter for a lock sleeps
+    until the holder lets go or its lease runs out; it never polls.
+
+    :param clock: Seconds, for the expiry of sessions, mappings and locks
+        (tests pass a clock they move). Waiting for a lock (its ``timeout``)
+        is always in real time.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: t.Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         # Built at construction, so eventlet's patched primitives are used
         # when the app is created after monkey-patching.
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
+        self._waiters = Waiters(self._mutex)
         #: session id -> (record, expires at)
         self._sessions: dict[str, tuple[Record, float]] = {}
         #: A heap of (expires at, session id), one entry per expiry ever set,
@@ -46,50 +55,66 @@ class MemoryStore:
         return entry[0]
 
     def get(self, session_id: str) -> Record | None:
-        with self._cond:
-            return self._live_session(session_id, time.monotonic())
+        with self._mutex:
+            return self._live_session(session_id, self._clock())
 
     def get_session_id(self, client_id: str) -> str | None:
-        with self._cond:
+        with self._mutex:
             entry = self._clients.get(client_id)
-            if entry is None or entry[1] <= time.monotonic():
+            if entry is None or entry[1] <= self._clock():
                 return None
             return entry[0]
 
     def lock(self, session_id: str, expire: float, timeout: float) -> tuple[str, Record | None]:
         token = secrets.token_hex(16)
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                held = self._locks.get(session_id)
-                if held is None or held[1] <= now:
-                    self._locks[session_id] = (token, now + expire)
-                    return token, self._live_session(session_id, now)
-                if now >= deadline:
-                    raise SessionLockTimeout(
-                        f"session lock not free after {timeout:g}s", session_id
-                    )
-                # Wake on release, or when the holder's lock would expire.
-                self._cond.wait(min(deadline, held[1]) - now)
+        with self._mutex:
+            queue = None
+            try:
+                while True:
+                    now = self._clock()
+                    held = self._locks.get(session_id)
+                    if held is None or held[1] <= now:
+                        self._locks[session_id] = (token, now + expire)
+                        return token, self._live_session(session_id, now)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise SessionLockTimeout(
+                            f"session lock not free after {timeout:g}s", session_id
+                        )
+                    if queue is None:
+                        queue = self._waiters.join(session_id)
+                    # Woken by a release, or when the holder's lease runs out.
+                    queue.wake.wait(min(left, held[1] - now))
+            finally:
+                if queue is not None:
+                    taken = self._locks.get(session_id, ("",))[0] == token
+                    self._waiters.leave(session_id, queue, woken_in_vain=not taken)
+
+    def renew(self, session_id: str, token: str, expire: float) -> bool:
+        with self._mutex:
+            if not self._holds(session_id, token):
+                return False
+            self._locks[session_id] = (token, self._clock() + expire)
+            return True
 
     def _holds(self, session_id: str, token: str) -> bool:
         held = self._locks.get(session_id)
-        return held is not None and held[0] == token and held[1] > time.monotonic()
+        return held is not None and held[0] == token and held[1] > self._clock()
 
     def _unlock(self, session_id: str, token: str) -> None:
         held = self._locks.get(session_id)
         if held is not None and held[0] == token:
             del self._locks[session_id]
-            self._cond.notify_all()
+            self._waiters.released(session_id)
 
     def save(self, session_id: str, record: Record, max_age: float, token: str, link: bool) -> bool:
-        with self._cond:
+        with self._mutex:
             if not self._holds(session_id, token):
                 raise SessionLockTimeout(
                     "session lock expired before write-back", session_id
                 )
-            now = time.monotonic()
+            now = self._clock()
             is_new = self._live_session(session_id, now) is None
             self._put(session_id, record, now + max_age)
             mapped = self._clients.get(record.client_id)
@@ -99,9 +124,9 @@ class MemoryStore:
             return is_new
 
     def release(self, session_id: str, token: str, max_age: float | None) -> None:
-        with self._cond:
+        with self._mutex:
             if max_age is not None and self._holds(session_id, token):
-                now = time.monotonic()
+                now = self._clock()
                 record = self._live_session(session_id, now)
                 if record is not None:
                     self._put(session_id, record, now + max_age)
@@ -111,8 +136,8 @@ class MemoryStore:
             self._unlock(session_id, token)
 
     def delete(self, session_id: str, token: str) -> Record | None:
-        with self._cond:
-            record = self._live_session(session_id, time.monotonic())
+        with self._mutex:
+            record = self._live_session(session_id, self._clock())
             self._sessions.pop(session_id, None)
             if record is not None:
                 mapped = self._clients.get(record.client_id)
@@ -122,8 +147,8 @@ class MemoryStore:
             return record
 
     def cleanup(self) -> list[tuple[str, str]]:
-        with self._cond:
-            now = time.monotonic()
+        with self._mutex:
+            now = self._clock()
             expired = []
             while self._deadlines and self._deadlines[0][0] <= now:
                 expires, sid = heapq.heappop(self._deadlines)

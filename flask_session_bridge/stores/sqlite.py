@@ -12,6 +12,7 @@ import typing as t
 from ..exceptions import SessionLockTimeout
 from ..exceptions import StoreUnavailable
 from .base import Record
+from .waiting import Waiters
 
 _T = t.TypeVar("_T")
 
@@ -29,21 +30,49 @@ CREATE TABLE IF NOT EXISTS bridge_locks (
 ) WITHOUT ROWID;
 """
 
+#: Bounds of the poll for a lock held by another process, in seconds.
+_POLL_FIRST, _POLL_MAX = 0.002, 0.05
+#: Bounds of the pause between tries while another process writes.
+_BUSY_FIRST, _BUSY_MAX = 0.001, 0.02
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
 
 class SQLiteStore:
     """Sessions in an SQLite file (WAL mode). Survives restarts; locks are
     rows, so they hold across the processes of one host, and a crashed
     holder's lock expires. Expiry is indexed: cleanup reads only expired rows.
 
-    Times are wall-clock (:func:`time.time`), since several processes share
-    the file. Each thread (green thread under eventlet or gevent) opens its
-    own connection on first use.
+    Connections come from a small pool shared by all threads and green
+    threads (1,000 sockets do not open 1,000 files); a caller waits for a
+    free one. Writes of this process take turns on an in-process mutex, so
+    they do not fight over SQLite's write lock; a write that finds the file
+    busy (another process writes) pauses with :func:`time.sleep` and tries
+    again, rather than letting SQLite's busy handler block the thread, which
+    under eventlet or gevent would stop every green thread.
+
+    Lock waiters do not poll a lock held through this store (the threads
+    and green threads of one worker, the common case): they sleep until its
+    holder lets go, which wakes one of them, or until its lease runs out.
+    SQLite cannot signal another process: a lock held by another process is
+    polled, every 2 ms at first, backing off to every 50 ms, so a lock of a
+    crashed process is taken at most 50 ms after its lease ran out.
 
     :param path: The database file; its folder is created if missing.
-    :param timeout: How long a write waits for another connection's write
-        to finish (SQLite's busy timeout) before failing with
-        :class:`~flask_session_bridge.StoreUnavailable`. Writes are short,
-        so this only runs out when something holds the database for long.
+    :param timeout: How long a call waits for the database when another
+        process holds it (or for a free pooled connection) before failing
+        with :class:`~flask_session_bridge.StoreUnavailable`. Writes are
+        short, so this only runs out when something holds the file for long.
+    :param pool_size: The most connections this store opens at once.
+    :param clock: Wall-clock seconds, for the expiry of sessions, mappings
+        and locks; several processes compare them, so it must be the same
+        clock for all (tests pass a clock they move). Waiting (``timeout``,
+        a lock's ``timeout``) is always in real time.
     :raise StoreUnavailable: the file cannot be opened or created.
     """
 
@@ -51,40 +80,128 @@ class SQLiteStore:
     #: large cleanup never holds the database for long.
     cleanup_batch = 1000
 
-    def __init__(self, path: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        timeout: float = 10.0,
+        pool_size: int = 4,
+        clock: t.Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
         self.timeout = timeout
-        self._local = threading.local()
+        self.pool_size = pool_size
+        self._clock = clock
+        # Built at construction, so eventlet's or gevent's patched primitives
+        # are used when the app is created after monkey-patching.
+        self._mutex = threading.Lock()
+        self._pool_free = threading.Condition(self._mutex)
+        self._writer = threading.Lock()
+        self._start_pool()
         folder = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
             raise StoreUnavailable(f"cannot create {folder}: {e}", original_error=e) from e
-        self._run(lambda db: db.executescript(_SCHEMA))
+        self._run(lambda db: db.executescript(_SCHEMA), write=True)
 
-    def _connection(self) -> sqlite3.Connection:
-        # One connection per thread (green thread under eventlet).
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            # Autocommit mode: transactions are begun explicitly, as IMMEDIATE
-            # where a read decides a write.
-            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                # In WAL mode, NORMAL loses no commit on a crash of the
-                # process, only (possibly) the last ones on a power cut.
-                db.execute("PRAGMA synchronous=NORMAL")
-            except sqlite3.Error:
-                db.close()
-                raise
-            self._local.db = db
+    def _start_pool(self) -> None:
+        self._pid = os.getpid()
+        self._idle: list[sqlite3.Connection] = []
+        self._opened = 0
+        #: Threads waiting for a connection.
+        self._pool_waiting = 0
+        #: session id -> (token, lease end) of each lock taken through this
+        #: store and not yet let go.
+        self._holders: dict[str, tuple[str, float]] = {}
+        self._waiters = Waiters(self._mutex)
+
+    # -- connections ------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # Autocommit mode: transactions are begun explicitly, as IMMEDIATE
+        # where a read decides a write. No busy timeout: SQLite's busy
+        # handler sleeps in C, which no event loop can interrupt; _run waits
+        # instead.
+        db = sqlite3.connect(
+            self.path, timeout=0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode, NORMAL loses no commit on a crash of the process,
+            # only (possibly) the last ones on a power cut.
+            db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error:
+            db.close()
+            raise
         return db
 
-    def _run(self, work: t.Callable[[sqlite3.Connection], _T]) -> _T:
+    def _take_connection(self, deadline: float) -> sqlite3.Connection:
+        with self._mutex:
+            if self._pid != os.getpid():
+                # A forked child must not use its parent's connections
+                # (SQLite forbids it): leave them to the parent.
+                self._start_pool()
+            while not self._idle and self._opened >= self.pool_size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreUnavailable(
+                        f"SQLite store {self.path}: no free connection after"
+                        f" {self.timeout:g}s"
+                    )
+                self._pool_waiting += 1
+                try:
+                    self._pool_free.wait(left)
+                finally:
+                    self._pool_waiting -= 1
+            if self._idle:
+                return self._idle.pop()
+            self._opened += 1
         try:
-            return work(self._connection())
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"SQLite store {self.path}: {e}", original_error=e) from e
+            return self._connect()
+        except BaseException:
+            self._give_back(None)
+            raise
+
+    def _give_back(self, db: sqlite3.Connection | None) -> None:
+        with self._mutex:
+            if db is None:
+                self._opened -= 1
+            else:
+                self._idle.append(db)
+            if self._pool_waiting:
+                self._pool_free.notify()
+
+    def _run(self, work: t.Callable[[sqlite3.Connection], _T], write: bool = False) -> _T:
+        """Run ``work`` on a pooled connection; while the database is busy,
+        pause and try again until :attr:`timeout`.
+        """
+        deadline = time.monotonic() + self.timeout
+        if write and not self._writer.acquire(timeout=self.timeout):
+            raise StoreUnavailable(
+                f"SQLite store {self.path}: writes of this process stuck for {self.timeout:g}s"
+            )
+        try:
+            pause = _BUSY_FIRST
+            while True:
+                try:
+                    db = self._take_connection(deadline)
+                    try:
+                        return work(db)
+                    finally:
+                        self._give_back(db)
+                except sqlite3.Error as e:
+                    left = deadline - time.monotonic()
+                    if not _is_busy(e) or left <= 0:
+                        raise StoreUnavailable(
+                            f"SQLite store {self.path}: {e}", original_error=e
+                        ) from e
+                # Patched by eventlet and gevent: other green threads run.
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, _BUSY_MAX)
+        finally:
+            if write:
+                self._writer.release()
 
     def _transaction(self, work: t.Callable[[sqlite3.Connection], _T]) -> _T:
         def run(db: sqlite3.Connection) -> _T:
@@ -94,13 +211,15 @@ class SQLiteStore:
                 db.execute("COMMIT")
             except BaseException:
                 # SQLite may have rolled back already (disk full, I/O error);
-                # a transaction left open would break every later call.
+                # a transaction left open would break the pooled connection.
                 if db.in_transaction:
                     db.rollback()
                 raise
             return result
 
-        return self._run(run)
+        return self._run(run, write=True)
+
+    # -- reading ----------------------------------------------------------
 
     @staticmethod
     def _read(db: sqlite3.Connection, session_id: str, now: float) -> Record | None:
@@ -111,63 +230,110 @@ class SQLiteStore:
         return Record(row[0], row[1]) if row is not None else None
 
     def get(self, session_id: str) -> Record | None:
-        return self._run(lambda db: self._read(db, session_id, time.time()))
-
-    @staticmethod
-    def _mapped(db: sqlite3.Connection, client_id: str, now: float) -> str | None:
-        row = db.execute(
-            "SELECT session_id FROM bridge_clients WHERE client_id = ? AND expires > ?",
-            (client_id, now),
-        ).fetchone()
-        return row[0] if row is not None else None
+        return self._run(lambda db: self._read(db, session_id, self._clock()))
 
     def get_session_id(self, client_id: str) -> str | None:
-        return self._run(lambda db: self._mapped(db, client_id, time.time()))
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT session_id FROM bridge_clients WHERE client_id = ? AND expires > ?",
+                (client_id, self._clock()),
+            ).fetchone()
+            return row[0] if row is not None else None
+
+        return self._run(read)
+
+    # -- locks ------------------------------------------------------------
 
     def lock(self, session_id: str, expire: float, timeout: float) -> tuple[str, Record | None]:
-        _, token, record = self._lock(lambda db, now: session_id, expire, timeout)
-        assert token is not None
-        return token, record
-
-    def lock_client(
-        self, client_id: str, expire: float, timeout: float
-    ) -> tuple[str | None, str | None, Record | None]:
-        """Find the client's session, lock and read it, in one transaction."""
-        return self._lock(lambda db, now: self._mapped(db, client_id, now), expire, timeout)
-
-    def _lock(
-        self,
-        target: t.Callable[[sqlite3.Connection, float], str | None],
-        expire: float,
-        timeout: float,
-    ) -> tuple[str | None, str | None, Record | None]:
         token = secrets.token_hex(16)
 
-        def attempt(db: sqlite3.Connection) -> tuple[str | None, bool, Record | None]:
-            now = time.time()
-            session_id = target(db, now)
-            if session_id is None:
-                return None, True, None
-            taken = db.execute(
+        def attempt(db: sqlite3.Connection) -> tuple[bool, str, float, Record | None]:
+            now = self._clock()
+            if db.execute(
                 "INSERT INTO bridge_locks (session_id, token, expires) VALUES (?, ?, ?)"
                 " ON CONFLICT (session_id) DO UPDATE SET token = excluded.token,"
                 " expires = excluded.expires WHERE bridge_locks.expires <= ?",
                 (session_id, token, now + expire, now),
-            ).rowcount
-            return session_id, taken == 1, self._read(db, session_id, now) if taken else None
+            ).rowcount:
+                record = self._read(db, session_id, now)
+                # Before the commit, so that no waiter of this store takes
+                # the lock for another process's and polls.
+                with self._mutex:
+                    self._holders[session_id] = (token, now + expire)
+                return True, token, now + expire, record
+            holder, expires = db.execute(
+                "SELECT token, expires FROM bridge_locks WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            return False, holder, expires, None
 
         deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            session_id, taken, record = self._transaction(attempt)
-            if session_id is None:
-                return None, None, None
-            if taken:
-                return session_id, token, record
-            if time.monotonic() >= deadline:
-                raise SessionLockTimeout(f"session lock not free after {timeout:g}s", session_id)
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.02)
+        poll = _POLL_FIRST
+        queue = None
+        seen = 0
+        taken = False
+        try:
+            while True:
+                with self._mutex:
+                    mine = self._holders.get(session_id)
+                if mine is not None and mine[1] > self._clock():
+                    # A thread of this store holds it: no need to ask the file.
+                    holder, expires = mine
+                else:
+                    try:
+                        taken, holder, expires, record = self._transaction(attempt)
+                    except BaseException:
+                        # Registered as the holder, but not committed.
+                        self._let_go(session_id, token)
+                        raise
+                    if taken:
+                        return token, record
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SessionLockTimeout(
+                        f"session lock not free after {timeout:g}s", session_id
+                    )
+                # Sleep until the holder's lease runs out at the latest; a
+                # holder in this store wakes us when it lets go, one of
+                # another process cannot.
+                pause = min(left, max(expires - self._clock(), 0.0))
+                with self._mutex:
+                    if self._holders.get(session_id, ("",))[0] != holder:
+                        # Another process's (or let go just now).
+                        pause = min(pause, poll)
+                        poll = min(poll * 2, _POLL_MAX)
+                    if queue is None:
+                        queue = self._waiters.join(session_id)
+                        seen = queue.releases
+                    if queue.releases == seen:
+                        queue.wake.wait(pause)
+                    seen = queue.releases
+        finally:
+            if queue is not None:
+                with self._mutex:
+                    self._waiters.leave(session_id, queue, woken_in_vain=not taken)
+
+    def _let_go(self, session_id: str, token: str) -> None:
+        """Wake one thread waiting for the lock ``token`` held, if any."""
+        with self._mutex:
+            if self._holders.get(session_id, ("",))[0] == token:
+                del self._holders[session_id]
+            self._waiters.released(session_id)
+
+    def renew(self, session_id: str, token: str, expire: float) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            now = self._clock()
+            changed: int = db.execute(
+                "UPDATE bridge_locks SET expires = ?"
+                " WHERE session_id = ? AND token = ? AND expires > ?",
+                (now + expire, session_id, token, now),
+            ).rowcount
+            if changed:
+                with self._mutex:
+                    if self._holders.get(session_id, ("",))[0] == token:
+                        self._holders[session_id] = (token, now + expire)
+            return changed == 1
+
+        return self._transaction(write)
 
     @staticmethod
     def _holds(db: sqlite3.Connection, session_id: str, token: str, now: float) -> bool:
@@ -185,9 +351,11 @@ class SQLiteStore:
             "DELETE FROM bridge_locks WHERE session_id = ? AND token = ?", (session_id, token)
         )
 
+    # -- writing ----------------------------------------------------------
+
     def save(self, session_id: str, record: Record, max_age: float, token: str, link: bool) -> bool:
         def write(db: sqlite3.Connection) -> bool:
-            now = time.time()
+            now = self._clock()
             if not self._holds(db, session_id, token, now):
                 raise SessionLockTimeout("session lock expired before write-back", session_id)
             is_new = self._read(db, session_id, now) is None
@@ -207,7 +375,10 @@ class SQLiteStore:
             self._unlock(db, session_id, token)
             return is_new
 
-        return self._transaction(write)
+        try:
+            return self._transaction(write)
+        finally:
+            self._let_go(session_id, token)
 
     @staticmethod
     def _touch_client(
@@ -220,7 +391,7 @@ class SQLiteStore:
 
     def release(self, session_id: str, token: str, max_age: float | None) -> None:
         def write(db: sqlite3.Connection) -> None:
-            now = time.time()
+            now = self._clock()
             if max_age is not None and self._holds(db, session_id, token, now):
                 record = self._read(db, session_id, now)
                 if record is not None:
@@ -231,11 +402,14 @@ class SQLiteStore:
                     self._touch_client(db, record.client_id, session_id, now + max_age)
             self._unlock(db, session_id, token)
 
-        self._transaction(write)
+        try:
+            self._transaction(write)
+        finally:
+            self._let_go(session_id, token)
 
     def delete(self, session_id: str, token: str) -> Record | None:
         def write(db: sqlite3.Connection) -> Record | None:
-            record = self._read(db, session_id, time.time())
+            record = self._read(db, session_id, self._clock())
             db.execute("DELETE FROM bridge_sessions WHERE id = ?", (session_id,))
             if record is not None:
                 db.execute(
@@ -245,10 +419,13 @@ class SQLiteStore:
             self._unlock(db, session_id, token)
             return record
 
-        return self._transaction(write)
+        try:
+            return self._transaction(write)
+        finally:
+            self._let_go(session_id, token)
 
     def cleanup(self) -> list[tuple[str, str]]:
-        now = time.time()
+        now = self._clock()
         batch = self.cleanup_batch
 
         def sessions(db: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -261,11 +438,12 @@ class SQLiteStore:
             return [(row[0], row[1]) for row in rows]
 
         def clients(db: sqlite3.Connection) -> int:
-            return db.execute(
+            removed: int = db.execute(
                 "DELETE FROM bridge_clients WHERE client_id IN"
                 " (SELECT client_id FROM bridge_clients WHERE expires <= ? LIMIT ?)",
                 (now, batch),
             ).rowcount
+            return removed
 
         removed: list[tuple[str, str]] = []
         while True:
@@ -279,5 +457,7 @@ class SQLiteStore:
         while self._transaction(clients) == batch:
             time.sleep(0)
         # Locks are deleted on release: only those of crashed holders are left.
-        self._run(lambda db: db.execute("DELETE FROM bridge_locks WHERE expires <= ?", (now,)))
+        self._transaction(
+            lambda db: db.execute("DELETE FROM bridge_locks WHERE expires <= ?", (now,))
+        )
         return removed
