@@ -137,8 +137,6 @@ def test_a_working_holder_keeps_its_lock_until_killed(shared_store_url):
     from flask_session_bridge.stores import store_from_url
 
     store = store_from_url(shared_store_url, ".")
-    if not hasattr(store, "renew"):
-        pytest.xfail("this RedisStore has no renew() yet")  # remove at merge
     expire = 1.0
     session_id = uuid.uuid4().hex
     with subprocess.Popen(

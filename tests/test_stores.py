@@ -78,12 +78,6 @@ def live_store(request, tmp_path):
     return make_store(request.param, tmp_path, request)
 
 
-def needs_renew(store):
-    # RedisStore.renew lands with the Redis half of issue 12; remove at merge.
-    if not hasattr(store, "renew"):
-        pytest.xfail("this RedisStore has no renew() yet")
-
-
 def new_id() -> str:
     """An id shaped like the bridge's public ids."""
     return secrets.token_hex(32)
@@ -246,7 +240,6 @@ def test_a_waiter_takes_a_dead_holders_lock_when_its_lease_ends(kind, tmp_path, 
 
 def test_renew_extends_the_lease_of_its_holder(timed):
     store, advance = timed
-    needs_renew(store)
     s, c = new_id(), new_id()
     token, _ = store.lock(s, 0.5, 1.0)
     advance(0.3)
@@ -260,7 +253,6 @@ def test_renew_extends_the_lease_of_its_holder(timed):
 
 def test_renew_of_a_lost_lock_changes_nothing(timed):
     store, advance = timed
-    needs_renew(store)
     s, c = new_id(), new_id()
     # Another holder's token cannot extend a lease, nor take the lock.
     token, _ = store.lock(s, 0.5, 1.0)
@@ -291,7 +283,6 @@ def test_leases_keep_a_long_holders_lock_and_only_while_held(live_store):
     # renews it; nobody else gets in meanwhile. Once it stops renewing (the
     # holder crashed), the lock is free within the lease.
     store = live_store
-    needs_renew(store)
     s, c = new_id(), new_id()
     expire = 0.6
     leases = Leases(store, expire)
