@@ -5,6 +5,7 @@ and Flask-SocketIO's test client), on every store.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from flask import session
@@ -413,41 +414,34 @@ def test_cli_cleanup_removes_exactly_expired(app, bridge, store):
         assert bridge.get_by_id(f"{1:064x}") is None
 
 
-class LaterClock:
-    """The ``time`` module as a store sees it, ``offset`` seconds later."""
+class Clock:
+    """A clock for a store, that a test moves forward."""
 
-    def __init__(self, offset):
-        import time
+    def __init__(self, now):
+        self.now = now
 
-        self.offset = offset
-        self.sleep = time.sleep
-        self._time, self._monotonic = time.time, time.monotonic
-
-    def time(self):
-        return self._time() + self.offset
-
-    def monotonic(self):
-        return self._monotonic() + self.offset
+    def __call__(self):
+        return self.now
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])  # Redis expires keys itself
-def test_cleanup_announces_expiry_to_sockets_at_once(kind, tmp_path, monkeypatch):
-    import importlib
-
+def test_cleanup_announces_expiry_to_sockets_at_once(kind, tmp_path):
     from conftest import create_app
 
     from flask_session_bridge import MemoryStore
     from flask_session_bridge import SQLiteStore
 
-    store = MemoryStore() if kind == "memory" else SQLiteStore(str(tmp_path / "s.db"))
+    clock = Clock(time.time())
+    if kind == "memory":
+        store = MemoryStore(clock=clock)
+    else:
+        store = SQLiteStore(str(tmp_path / "s.db"), clock=clock)
     app, socketio, bridge = create_app(store)
     client = app.test_client()
     client.post("/login/alice")
     sc = socketio.test_client(app, flask_test_client=client)
     sc.get_received()
-    module = importlib.import_module(type(store).__module__)
-    lifetime = app.permanent_session_lifetime.total_seconds()
-    monkeypatch.setattr(module, "time", LaterClock(lifetime + 1))
+    clock.now += app.permanent_session_lifetime.total_seconds() + 1
     with app.app_context():
         assert bridge.cleanup() == 1
     # Heard before the socket sends anything.
