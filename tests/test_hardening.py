@@ -694,7 +694,7 @@ def test_undecodable_bytes_in_redis_end_the_session_as_invalid(redis_server):
     app, socketio, bridge = create_app(store, lock_timeout=0.5)
     client = app.test_client()
     sid = client.post("/login/alice").json["sid"]
-    key = store._session_key(sid)
+    key = store._keys(sid)[1]  # the session's record
     raw = store.client.get(key)
     store.client.set(key, raw.split(b"\n")[0] + b'\n{"user": "\xff\xfe"}', px=60_000)
     response = client.get("/me")

@@ -879,10 +879,10 @@ def test_a_retried_lock_script_does_not_wait_for_itself(own_redis):
     store = RedisStore(own_redis.url)
     s, c = new_id(), new_id()
     put(store, s, c)
-    keys = [store._lock_key(s), store._session_key(s)]
-    assert store._lock(keys=keys, args=["token", 5000])[0] == 1
-    assert store._lock(keys=keys, args=["token", 5000])[0] == 1
-    assert store._lock(keys=keys, args=["other", 5000])[0] == 0
+    keys = store._keys(s)
+    assert store._lock(keys=keys, args=["token", 5000, 1000])[0] == 1
+    assert store._lock(keys=keys, args=["token", 5000, 1000])[0] == 1
+    assert store._lock(keys=keys, args=["other", 5000, 1000])[0] == 0
 
 
 def test_package_imports_without_redis():
