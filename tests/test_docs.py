@@ -37,9 +37,9 @@ PYTHON_BLOCKS = {
 
 
 def readme_first_screen() -> list[Block]:
-    """README.rst's blocks from the title to the end of "The example app"."""
+    """README.rst's blocks from the title to the end of "Usage"."""
     text = (ROOT / "README.rst").read_text(encoding="utf-8")
-    end = text[: text.index("\nUsage\n-----")].count("\n") + 1
+    end = text[: text.index("\nOptions\n-------")].count("\n") + 1
     return [b for b in code_blocks(ROOT / "README.rst") if b.line < end]
 
 
@@ -58,6 +58,7 @@ def test_every_python_block_has_a_test():
         if (n := sum(b.language == "python" for b in code_blocks(path)))
     }
     assert found == PYTHON_BLOCKS
+    assert [b.language for b in readme_first_screen() if b.language == "python"] == ["python"]
     languages = {b.language for b in all_blocks()}
     assert languages <= {"python", "shell", "literal", "javascript", "nginx"}
 
@@ -78,12 +79,18 @@ def run_block(block: Block, namespace: dict) -> dict:
     return namespace
 
 
-@pytest.fixture
-def quickstart(tmp_path, monkeypatch):
-    """docs/quickstart.rst's app.py, imported from a folder of its own."""
+@pytest.fixture(params=["quickstart", "README"])
+def quickstart(request, tmp_path, monkeypatch):
+    """docs/quickstart.rst's app.py, or README's Usage, imported from a
+    folder of its own.
+    """
     monkeypatch.chdir(tmp_path)
     name = f"app_{tmp_path.name}"
-    module = load_module(doc_blocks("quickstart", "python")[0], tmp_path, name)
+    if request.param == "README":
+        block = next(b for b in readme_first_screen() if b.language == "python")
+    else:
+        block = doc_blocks("quickstart", "python")[0]
+    module = load_module(block, tmp_path, name)
     yield module
     sys.modules.pop(name, None)
 
