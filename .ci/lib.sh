@@ -35,7 +35,8 @@ ensure_venv() {
     shift 3
     local stamp
     stamp=$({ cat setup.py; printf '%s\n' "$@"
-              for arg in "$@"; do [[ -f $arg ]] && cat "$arg"; done; } | sha256sum | cut -c1-16)-$extras
+              for arg in "$@"; do if [[ -f $arg ]]; then cat "$arg"; fi; done; } \
+            | sha256sum | cut -c1-16)-$extras
     if [[ ! -x $dir/bin/python ]]; then
         echo "== creating $dir ($("$python" --version 2>&1))"
         "$python" -m venv "$dir"
