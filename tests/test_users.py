@@ -22,7 +22,6 @@ from flask_session_bridge import Record
 from flask_session_bridge import RedisStore
 from flask_session_bridge import SQLiteStore
 
-
 KINDS = ["memory", "sqlite", "redis", "cluster"]
 
 
