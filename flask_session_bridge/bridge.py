@@ -424,9 +424,11 @@ class SessionBridge:
         """
         state = self._state()
         current = None
-        if has_request_context() or current_socket_session() is not None:
-            session = current_socket_session() or http_session(request)
-            current = session.sid if session is not None else None
+        session = current_socket_session()
+        if session is None and has_request_context():
+            session = http_session(request)
+        if session is not None:
+            current = session.sid
         found = [
             SessionInfo.from_record(session_id, record, current)
             for session_id, record in state.store.sessions_of(users.owner_id(user_id))
