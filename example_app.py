@@ -2,7 +2,9 @@
 
 Run it with ``python example_app.py`` and open http://127.0.0.1:5000/. Log in,
 then press both counters: the HTTP one and the Socket.IO one count in the
-same server-side session, and each shows the other's latest value.
+same server-side session, and each shows the other's latest value. "Your
+devices" lists every session of the user (log in from another browser to see
+two): "End" logs that device out at once, over its socket.
 
 Environment:
 
@@ -24,6 +26,7 @@ import secrets
 import typing as t
 from pathlib import Path
 
+from flask import abort
 from flask import Blueprint
 from flask import Flask
 from flask import redirect
@@ -122,6 +125,9 @@ def login() -> Response | tuple[str, int]:
     # A new session id at login, so an id planted before it is worthless.
     bridge.regenerate()
     session["user"] = name
+    # The session is this user's: it shows in "Your devices" everywhere.
+    bridge.identify(name)
+    socketio.emit("devices_changed", to=bridge.user_room(name))
     return redirect(url_for("pages.index"), 303)
 
 
@@ -138,6 +144,48 @@ def logout() -> dict[str, t.Any]:
     # Ends the session everywhere: this browser's sockets get session_ended.
     session.clear()
     return {"ok": True}
+
+
+@pages.get("/devices")
+def devices() -> dict[str, t.Any]:
+    user = session.get("user")
+    if user is None:
+        return {"devices": []}
+    return {
+        "devices": [
+            {
+                "id": info.session_id,
+                # The client id names the browser; a short form is enough to
+                # tell devices apart.
+                "device": info.client_id[:8],
+                "browser": info.user_agent or "unknown",
+                "last_active": info.last_active.isoformat(timespec="seconds"),
+                "current": info.current,
+            }
+            for info in bridge.sessions_of(user)
+        ]
+    }
+
+
+@pages.post("/devices/<session_id>/end")
+def end_device(session_id: str) -> dict[str, t.Any]:
+    user = session.get("user")
+    # Only a session of the user asking: ids of others' sessions do nothing.
+    if user is None or session_id not in {i.session_id for i in bridge.sessions_of(user)}:
+        abort(404)
+    bridge.destroy_by_id(session_id)
+    socketio.emit("devices_changed", to=bridge.user_room(user))
+    return {"ok": True}
+
+
+@pages.post("/devices/end-others")
+def end_other_devices() -> dict[str, t.Any]:
+    user = session.get("user")
+    if user is None:
+        return {"ended": 0}
+    ended = bridge.destroy_by_user(user, keep=session.sid)
+    socketio.emit("devices_changed", to=bridge.user_room(user))
+    return {"ended": ended}
 
 
 @pages.get("/socket.io-client.js")
@@ -179,10 +227,18 @@ PAGE = """\
   button { font: inherit; padding: .3rem .9rem; cursor: pointer; }
   input { font: inherit; padding: .3rem; }
   #status { color: #555; font-size: .9rem; min-height: 1.5em; }
+  #status.offline { color: #a40; }
+  .hint { color: #555; font-size: .9rem; }
+  table { border-collapse: collapse; width: 100%; font-size: .9rem; }
+  th, td { text-align: left; padding: .3rem .4rem; border-bottom: 1px solid #eee; }
+  td.browser { max-width: 14rem; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+  .this { font-weight: bold; color: #070; }
 </style>
 </head>
 <body>
 <h1>One session, two transports</h1>
+<p class="hint">Open this page in a second tab (or another browser): tabs share one
+session live; log out in one and watch the other.</p>
 
 <section id="anonymous" {% if state.user %}hidden{% endif %}>
   <form method="post" action="{{ url_for('pages.login') }}">
@@ -206,6 +262,15 @@ PAGE = """\
   <button id="logout" type="button">Log out</button>
 </section>
 
+<section id="devices-panel" {% if not state.user %}hidden{% endif %}>
+  <h2>Your devices</h2>
+  <table>
+    <thead><tr><th>Device</th><th>Browser</th><th>Last activity (UTC)</th><th></th></tr></thead>
+    <tbody id="devices"></tbody>
+  </table>
+  <p><button id="end-others" type="button">Log out other devices</button></p>
+</section>
+
 <p id="status" role="status"></p>
 
 <script src="{{ client_src }}" crossorigin="anonymous"></script>
@@ -222,22 +287,70 @@ function show(state) {
   $("socket-count").textContent = state.socket_count;
   $("anonymous").hidden = true;
   $("live").hidden = false;
+  $("devices-panel").hidden = false;
 }
 
 function anonymous() {
   $("live").hidden = true;
+  $("devices-panel").hidden = true;
   $("anonymous").hidden = false;
 }
 
-const socket = io();
+async function loadDevices() {
+  const response = await fetch("{{ url_for('pages.devices') }}");
+  const rows = (await response.json()).devices.map((d) => {
+    const row = document.createElement("tr");
+    row.dataset.id = d.id;
+    for (const [text, cls] of [[d.device, "device"], [d.browser, "browser"],
+                               [d.last_active.replace("T", " ").slice(0, 19), "seen"]]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      cell.className = cls;
+      if (cls === "browser") { cell.title = text; }
+      row.append(cell);
+    }
+    const last = document.createElement("td");
+    if (d.current) {
+      last.textContent = "this device";
+      last.className = "this";
+      row.classList.add("current");
+    } else {
+      const end = document.createElement("button");
+      end.textContent = "End";
+      end.className = "end";
+      end.addEventListener("click", async () => {
+        await fetch("/devices/" + d.id + "/end", {method: "POST"});
+        loadDevices();
+      });
+      last.append(end);
+    }
+    row.append(last);
+    return row;
+  });
+  $("devices").replaceChildren(...rows);
+}
+
+// Without the Socket.IO client (offline, blocked CDN) the page still works
+// over HTTP; it says live updates are off instead of doing nothing.
+const socket = typeof io === "function" ? io() : null;
+if (!socket) {
+  setStatus("Live updates are off: the Socket.IO client could not load."
+            + " Buttons over HTTP still work.");
+  $("status").classList.add("offline");
+  document.body.dataset.offline = "1";
+  $("socket-inc").disabled = true;
+  if (!$("live").hidden) { loadDevices(); }
+} else {
 socket.on("connect", () => {
-  // "connected" once the page shows the session: a reply to this "state"
+  // Said once the page shows the session: a reply to this "state"
   // arriving after a later change would show an old count.
   socket.emit("state", (state) => {
     show(state);
-    setStatus("connected");
+    setStatus(state.user ? "connected" : "not logged in");
+    if (state.user) { loadDevices(); }
   });
 });
+socket.on("devices_changed", loadDevices);
 socket.on("state", show);  // a change made in another tab
 socket.on("disconnect", (reason) => setStatus("disconnected: " + reason));
 socket.on("connect_error", (err) => setStatus("connection failed: " + err.message));
@@ -250,13 +363,20 @@ socket.on("session_ended", (payload) => {
   anonymous();
   socket.disconnect().connect();
 });
+}
 
 $("http-inc").addEventListener("click", async () => {
   const response = await fetch("{{ url_for('pages.count') }}", {method: "POST"});
   show(await response.json());
 });
 
+$("end-others").addEventListener("click", async () => {
+  await fetch("{{ url_for('pages.end_other_devices') }}", {method: "POST"});
+  loadDevices();
+});
+
 $("socket-inc").addEventListener("click", () => {
+  if (!socket) { return; }
   socket.timeout(5000).emit("count", (err, state) => {
     if (err) { setStatus("no answer from the server"); return; }
     show(state);

@@ -13,3 +13,4 @@ from .stores import Record as Record
 from .stores import Store as Store
 from .stores.redis import RedisStore as RedisStore
 from .stores.sqlite import SQLiteStore as SQLiteStore
+from .users import SessionInfo as SessionInfo

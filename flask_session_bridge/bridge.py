@@ -16,6 +16,7 @@ from . import login
 from . import signals
 from . import sockets
 from . import tokens
+from . import users
 from .cli import cleanup_command
 from .exceptions import SessionLockTimeout
 from .exceptions import SessionMissing
@@ -34,6 +35,7 @@ from .state import Validator
 from .stores import store_from_url
 from .stores.base import Record
 from .tokens import is_public_id
+from .users import SessionInfo
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -52,6 +54,7 @@ _OPTIONS = {
     "cleanup_interval",
     "socket_token_lifetime",
     "regenerate_on_login",
+    "max_sessions_per_user",
 }
 
 
@@ -84,6 +87,10 @@ class SessionBridge:
     :param regenerate_on_login: With Flask-Login, give the session a new id
         at every ``login_user`` (and start clean when another user logs in).
         Default ``True``.
+    :param max_sessions_per_user: Most sessions one user may have at once:
+        a login (or :meth:`identify`) that makes one more ends the least
+        recently active one, reason ``"superseded"``. Default ``None``, no
+        limit.
     """
 
     def __init__(
@@ -133,6 +140,7 @@ class SessionBridge:
         config.setdefault("SESSION_BRIDGE_CLEANUP_INTERVAL", 300.0)
         config.setdefault("SESSION_BRIDGE_SOCKET_TOKEN_LIFETIME", 60)
         config.setdefault("SESSION_BRIDGE_REGENERATE_ON_LOGIN", True)
+        config.setdefault("SESSION_BRIDGE_MAX_SESSIONS_PER_USER", None)
 
         def option(name: str) -> t.Any:
             for given in (options, self._options):
@@ -172,6 +180,10 @@ class SessionBridge:
         )
         state.validators = self._validators
         state.cleanup_interval = _seconds(option("cleanup_interval"))
+        limit = option("max_sessions_per_user")
+        if limit is not None and int(limit) < 1:
+            raise ValueError(f"max_sessions_per_user must be at least 1, not {limit!r}.")
+        state.max_sessions_per_user = None if limit is None else int(limit)
         self._states[app] = state
         app.extensions["session_bridge"] = self
         app.session_interface = BridgeSessionInterface(self._states.get)
@@ -252,7 +264,11 @@ class SessionBridge:
         payload = serialize(dict(data))
         held = _held(session_id)
         if held is not None:
-            held.replace(deserialize(payload), max_age)
+            owner = users.owner_of(held)
+            replaced = deserialize(payload)
+            if owner is not None:
+                replaced.setdefault(users.OWNER_KEY, owner)
+            held.replace(replaced, max_age)
             return True
         if not is_public_id(session_id):
             return False
@@ -260,8 +276,13 @@ class SessionBridge:
         if record is None:
             state.unlock(session_id, token, None)
             return False
+        if record.user_id is not None and users.OWNER_KEY not in data:
+            # The session stays its user's: replacing data is not a logout.
+            payload = serialize({**data, users.OWNER_KEY: record.user_id})
         age = state.max_age if max_age is None else max_age
-        state.save(session_id, Record(record.client_id, payload), age, token, False)
+        state.save(
+            session_id, Record(record.client_id, payload, user_id=record.user_id), age, token, False
+        )
         signals.session_saved.send(
             state.app, session_id=session_id, client_id=record.client_id, is_new=False
         )
@@ -281,10 +302,12 @@ class SessionBridge:
 
         :return: ``False`` if there is no such session.
         """
-        state = self._state()
+        return self._end(self._state(), session_id, "destroyed")
+
+    def _end(self, state: AppState, session_id: str, reason: str) -> bool:
         held = _held(session_id)
         if held is not None:
-            state.end(held, "destroyed")
+            state.end(held, reason)
             return True
         if not is_public_id(session_id):
             return False
@@ -293,7 +316,7 @@ class SessionBridge:
             state.unlock(session_id, token, None)
             return False
         state.delete(session_id, token)
-        state.notify_ended(session_id, record.client_id, "destroyed")
+        state.notify_ended(session_id, record.client_id, reason)
         return True
 
     def destroy_by_client_id(self, client_id: str) -> bool:
@@ -368,6 +391,69 @@ class SessionBridge:
         assert session.client_id is not None and session.sid is not None
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         return tokens.dump_socket_token(app, session.client_id, session.sid, nonce)
+
+    # -- sessions of a user -------------------------------------------------
+
+    def identify(self, user_id: object) -> None:
+        """In a request: the current session belongs to ``user_id`` (its
+        ``str``) from now on. Flask-Login's ``login_user`` does this. Call it
+        after :meth:`regenerate` at a login. Sockets join the user's room
+        (:meth:`user_room`) at their next connect. With
+        ``max_sessions_per_user``, the user's least recently active sessions
+        beyond the limit end (reason ``"superseded"``).
+
+        :raise RuntimeError: outside an HTTP request.
+        :raise ValueError: the id is empty or holds a control character.
+        """
+        session = _http_session("identify()")
+        owner = users.owner_id(user_id)
+        session[users.OWNER_KEY] = owner
+        state = self._state()
+        limit = state.max_sessions_per_user
+        if limit is None:
+            return
+        mine = {session.sid, session.replaces[0] if session.replaces else None}
+        others = [(sid, r) for sid, r in state.store.sessions_of(owner) if sid not in mine]
+        others.sort(key=lambda item: item[1].last_active or item[1].created)
+        for session_id, _ in others[: max(0, len(others) - (limit - 1))]:
+            self._end(state, session_id, "superseded")
+
+    def sessions_of(self, user_id: object) -> list[SessionInfo]:
+        """The live sessions of a user, most recently active first. The cost
+        is a look-up of that user's sessions, whatever the store holds.
+        """
+        state = self._state()
+        current = None
+        session = current_socket_session()
+        if session is None and has_request_context():
+            session = http_session(request)
+        if session is not None:
+            current = session.sid
+        found = [
+            SessionInfo.from_record(session_id, record, current)
+            for session_id, record in state.store.sessions_of(users.owner_id(user_id))
+        ]
+        found.sort(key=lambda info: info.last_active, reverse=True)
+        return found
+
+    def destroy_by_user(self, user_id: object, keep: str | None = None) -> int:
+        """End every session of a user but ``keep`` (a session id: "log out
+        my other devices"), reason ``"destroyed"``; their sockets hear
+        ``session_ended`` on every worker. Returns how many ended.
+        """
+        state = self._state()
+        ended = 0
+        for session_id, _ in state.store.sessions_of(users.owner_id(user_id)):
+            if session_id != keep and self._end(state, session_id, "destroyed"):
+                ended += 1
+        return ended
+
+    def user_room(self, user_id: object) -> str:
+        """The Socket.IO room of every socket of every session of the user,
+        on every worker: ``socketio.emit(..., to=bridge.user_room(id))``.
+        A socket joins it at connect and leaves it when its session ends.
+        """
+        return users.room_name(users.owner_id(user_id))
 
     def room(self, session_id: str) -> str:
         """The Socket.IO room holding every socket of the session."""

@@ -1,4 +1,5 @@
-"""Flask-Login, when installed: a new session id at every login, and
+"""Flask-Login, when installed: a new session id at every login, the
+session owned by the user logged in, a logout that ends the session, and
 ``login_required`` for socket handlers.
 """
 
@@ -22,23 +23,46 @@ _LOGIN_KEYS = ("_user_id", "_fresh", "_id", "_remember", "_remember_seconds", "_
 
 
 def connect(app: Flask) -> None:
-    """Renew the session at every ``login_user`` in ``app``, if Flask-Login
-    is installed.
+    """Renew the session at every ``login_user`` in ``app`` and make it the
+    user's; end it at every ``logout_user``; if Flask-Login is installed.
     """
     try:
         from flask_login import user_logged_in
+        from flask_login import user_logged_out
     except ImportError:
         return
     user_logged_in.connect(_renew_at_login, app)
+    user_logged_out.connect(_end_at_logout, app)
 
 
-def _renew_at_login(app: Flask, **extra: t.Any) -> None:
+def _http_session() -> BridgeSession | None:
     session = flask_session._get_current_object()  # type: ignore[attr-defined]
     if not isinstance(session, BridgeSession) or session.is_socket:
+        return None
+    return session
+
+
+def _renew_at_login(app: Flask, user: t.Any = None, **extra: t.Any) -> None:
+    session = _http_session()
+    if session is None:
         return
-    state = app.extensions["session_bridge"]._states[app]
-    if not state.regenerate_on_login:
-        return
+    bridge = app.extensions["session_bridge"]
+    if bridge._states[app].regenerate_on_login:
+        _renew(bridge, session)
+    # After the renewal: the new id is the user's, the old one is gone.
+    if user is not None:
+        bridge.identify(user.get_id())
+
+
+def _end_at_logout(app: Flask, **extra: t.Any) -> None:
+    # Flask-Login pops its own keys; what is left (the owner, a cart) must
+    # not outlive the login: the session ends, everywhere (reason "logout").
+    session = _http_session()
+    if session is not None:
+        session.clear()
+
+
+def _renew(bridge: t.Any, session: BridgeSession) -> None:
     if session.stored:
         try:
             previous = deserialize(session.stored).get("_user_id")
@@ -49,7 +73,7 @@ def _renew_at_login(app: Flask, **extra: t.Any) -> None:
             kept = {key: session[key] for key in _LOGIN_KEYS if key in session}
             session.clear()
             session.update(kept)
-    app.extensions["session_bridge"].regenerate()
+    bridge.regenerate()
 
 
 def login_required(handler: F) -> F:

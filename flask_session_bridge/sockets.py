@@ -26,6 +26,7 @@ from flask_socketio import ConnectionRefusedError
 from werkzeug.sansio.http import parse_cookie
 
 from . import tokens
+from . import users
 from .exceptions import SessionBridgeError
 from .exceptions import SessionMissing
 from .exceptions import StoreUnavailable
@@ -282,6 +283,9 @@ def _admit(
     state.validate(session)
     if session.stored is not None:
         _join(state, t.cast(str, sock.session_id), sid, namespace)
+        user_id = users.owner_of(session)
+        if user_id is not None:
+            users.join(state.socketio.server, user_id, sid, namespace)  # type: ignore[union-attr]
 
 
 def _presented(sock: SocketState, session: BridgeSession) -> bool:
@@ -314,4 +318,5 @@ def _leave(state: AppState, session_id: str, sid: str, namespace: str) -> None:
     room = room_name(session_id)
     if room in server.rooms(sid, namespace=namespace):
         server.leave_room(sid, room, namespace=namespace)
+        users.leave(server.manager, sid, namespace)
         server.emit("session_ended", {"reason": "expired"}, to=sid, namespace=namespace)

@@ -8,6 +8,7 @@ import logging
 import typing as t
 
 from . import signals
+from . import users
 from .exceptions import StoreUnavailable
 from .leases import Leases
 from .stores.base import Record
@@ -55,6 +56,9 @@ class AppState:
         self.leases = Leases(store, lock_expire)
         self.validators: list[Validator] = []
         self.cleanup_interval = 300.0
+        #: Most sessions a user may have; a login beyond ends the least
+        #: recently active (reason ``"superseded"``). ``None``: no limit.
+        self.max_sessions_per_user: int | None = None
         #: ``[stopped]`` flag of the auto-cleanup task; ``None`` when none runs.
         self.cleanup_stop: list[bool] | None = None
 
@@ -150,7 +154,9 @@ class AppState:
         if session.lock_token is None:
             session.lock_token = self.lock(session_id)[0]
         max_age = self.max_age if session.max_age is None else session.max_age
-        record = Record(client_id, payload)
+        record = Record(
+            client_id, payload, user_id=users.owner_of(session), user_agent=users.user_agent()
+        )
         is_new = self.save(session_id, record, max_age, session.lock_token, link)
         session.lock_token = None
         session.stored = payload

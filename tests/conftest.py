@@ -255,6 +255,20 @@ def create_app(
     def destroy(sid):
         return {"destroyed": bridge.destroy_by_id(sid)}
 
+    @app.post("/identify/<name>")
+    def identify(name):
+        bridge.identify(name)
+        return {"sid": session.sid}
+
+    @app.post("/destroy-user/<name>")
+    def destroy_user(name):
+        return {"ended": bridge.destroy_by_user(name)}
+
+    @app.post("/emit-user/<name>")
+    def emit_user(name):
+        socketio.emit("note", {"to": name}, to=bridge.user_room(name))
+        return "sent"
+
     @app.get("/ids")
     def ids():
         return {"sid": session.sid, "client_id": session.client_id}

@@ -134,7 +134,7 @@ def documented_defaults() -> dict[str, object]:
 
 def test_configuration_table_is_what_init_app_sets():
     documented = documented_defaults()
-    assert len(documented) == 8
+    assert len(documented) == 9
     app, _, _ = create_app()
     # Flask-SocketIO and the tests' factory set nothing under this prefix.
     actual = {k: v for k, v in app.config.items() if k.startswith("SESSION_BRIDGE_")}

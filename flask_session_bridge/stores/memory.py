@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import secrets
 import threading
@@ -9,6 +10,7 @@ import time
 import typing as t
 
 from ..exceptions import SessionLockTimeout
+from .base import ACTIVE_EVERY
 from .base import Record
 from .waiting import Waiters
 
@@ -19,12 +21,13 @@ class MemoryStore:
     :class:`RedisStore` for several processes. A waiter for a lock sleeps
     until the holder lets go or its lease runs out; it never polls.
 
-    :param clock: Seconds, for the expiry of sessions, mappings and locks
-        (tests pass a clock they move). Waiting for a lock (its ``timeout``)
-        is always in real time.
+    :param clock: Wall-clock seconds, for the expiry of sessions, mappings
+        and locks, and a session's ``created`` and ``last_active`` (tests
+        pass a clock they move). Waiting for a lock (its ``timeout``) is
+        always in real time.
     """
 
-    def __init__(self, *, clock: t.Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, clock: t.Callable[[], float] = time.time) -> None:
         self._clock = clock
         # Built at construction, so eventlet's patched primitives are used
         # when the app is created after monkey-patching.
@@ -39,6 +42,21 @@ class MemoryStore:
         self._clients: dict[str, tuple[str, float]] = {}
         #: session id -> (token, expires at); entries are removed on release.
         self._locks: dict[str, tuple[str, float]] = {}
+        #: user id -> ids of that user's sessions, kept with the sessions.
+        self._users: dict[str, set[str]] = {}
+
+    def _index(self, session_id: str, user_id: str | None, before: str | None) -> None:
+        if before is not None and before != user_id:
+            self._unindex(session_id, before)
+        if user_id is not None:
+            self._users.setdefault(user_id, set()).add(session_id)
+
+    def _unindex(self, session_id: str, user_id: str | None) -> None:
+        sessions = self._users.get(user_id) if user_id is not None else None
+        if sessions is not None:
+            sessions.discard(session_id)
+            if not sessions:
+                del self._users[t.cast(str, user_id)]
 
     def _put(self, session_id: str, record: Record, expires: float) -> None:
         self._sessions[session_id] = (record, expires)
@@ -115,8 +133,18 @@ class MemoryStore:
                     "session lock expired before write-back", session_id
                 )
             now = self._clock()
-            is_new = self._live_session(session_id, now) is None
+            old = self._live_session(session_id, now)
+            is_new = old is None
+            if old is None:
+                old = self._sessions.get(session_id, (None,))[0]  # expired, not yet cleaned
+                record = dataclasses.replace(record, created=now, last_active=now)
+            else:
+                record = dataclasses.replace(
+                    record,
+                    created=old.created, user_agent=old.user_agent, last_active=now
+                )
             self._put(session_id, record, now + max_age)
+            self._index(session_id, record.user_id, old.user_id if old is not None else None)
             mapped = self._clients.get(record.client_id)
             if link or (mapped is not None and mapped[0] == session_id and mapped[1] > now):
                 self._clients[record.client_id] = (session_id, now + max_age)
@@ -129,6 +157,8 @@ class MemoryStore:
                 now = self._clock()
                 record = self._live_session(session_id, now)
                 if record is not None:
+                    if now - record.last_active >= ACTIVE_EVERY:
+                        record = dataclasses.replace(record, last_active=now)
                     self._put(session_id, record, now + max_age)
                     mapped = self._clients.get(record.client_id)
                     if mapped is not None and mapped[0] == session_id and mapped[1] > now:
@@ -138,13 +168,25 @@ class MemoryStore:
     def delete(self, session_id: str, token: str) -> Record | None:
         with self._mutex:
             record = self._live_session(session_id, self._clock())
-            self._sessions.pop(session_id, None)
+            entry = self._sessions.pop(session_id, None)
+            if entry is not None:
+                self._unindex(session_id, entry[0].user_id)
             if record is not None:
                 mapped = self._clients.get(record.client_id)
                 if mapped is not None and mapped[0] == session_id:
                     del self._clients[record.client_id]
             self._unlock(session_id, token)
             return record
+
+    def sessions_of(self, user_id: str) -> list[tuple[str, Record]]:
+        with self._mutex:
+            now = self._clock()
+            found = []
+            for session_id in list(self._users.get(user_id, ())):
+                record = self._live_session(session_id, now)
+                if record is not None:
+                    found.append((session_id, record))
+            return found
 
     def cleanup(self) -> list[tuple[str, str]]:
         with self._mutex:
@@ -157,6 +199,7 @@ class MemoryStore:
                     continue  # deleted, or its expiry was pushed back
                 record = entry[0]
                 del self._sessions[sid]
+                self._unindex(sid, record.user_id)
                 mapped = self._clients.get(record.client_id)
                 if mapped is not None and mapped[0] == sid:
                     del self._clients[record.client_id]

@@ -8,18 +8,29 @@ script on one slot that declares every key it touches. The client mapping
 (``<prefix>c:{<client id>}``) lives in another slot; it is informational,
 so it is written and compared in single-slot commands of its own, sent in
 the same round trip as the session's script.
+
+Two indexes, in slots of their own, are kept the same way, in the same
+round trips: the user index (``<prefix>u:{<user id>}``, a sorted set of the
+user's session ids scored by expiry, itself expiring with its last session)
+and the expiry index (``<prefix>x:{<n>}``, :attr:`RedisStore.expiry_shards`
+sorted sets of ``session id, client id, user id`` scored by expiry), which
+:meth:`RedisStore.cleanup` reads to announce expired sessions without a
+scan of all keys or keyspace notifications. Scores are Redis's clock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import secrets
 import threading
 import time
 import typing as t
+import zlib
 
 from ..exceptions import SessionLockTimeout
 from ..exceptions import StoreUnavailable
+from .base import ACTIVE_EVERY
 from .base import Record
 
 if t.TYPE_CHECKING:
@@ -88,10 +99,17 @@ wake(KEYS[3], KEYS[4])
 return 1 - existed
 """
 
-# KEYS: lock, session, waited, wake list. ARGV: token, touch ms or ''.
+# KEYS: lock, session, waited, wake list. ARGV: token, touch ms or '', the
+# record with ``last_active`` moved or '' (written only if it still exists).
 _RELEASE = _WAKE + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+if ARGV[2] ~= '' then
+    if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then
+        redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+    else
+        redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    end
+end
 redis.call('DEL', KEYS[1])
 wake(KEYS[3], KEYS[4])
 return 1
@@ -130,6 +148,44 @@ _UNLINK_CLIENT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 """
 
+# The indexes, each in its own slot, scored by expiry in Redis's clock (ms).
+# KEYS: index. ARGV: ms to expiry, member, a member to replace or '', '1' to
+# drop expired members and let the index expire with its last member.
+_INDEX = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[1], ARGV[3]) end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+if ARGV[4] == '1' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+    redis.call('PEXPIREAT', KEYS[1], last[2])
+end
+"""
+# KEYS: index. ARGV: member, score or ''. Removes the member, or only if it
+# has not been pushed past ``score`` since (a session saved again).
+_UNINDEX = """
+if ARGV[2] ~= '' then
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+    if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+end
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+# KEYS: user index. Drops expired members; returns Redis's time and the rest.
+_MEMBERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+# KEYS: expiry index. ARGV: batch. Returns Redis's time (ms) and the members
+# due, with their scores.
+_DUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {now, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])}
+"""
+
 #: Locks of failed calls remembered at most; more are left to expire.
 _MAX_UNSURE = 1000
 #: Seconds between attempts to free them.
@@ -145,9 +201,13 @@ class _Held(t.NamedTuple):
     # estimated from these, never read in a round trip of its own.
     redis_ms: float
     taken: float
-    # The client the record names, so a touch can refresh its mapping in
-    # the same round trip.
-    client_id: str | None
+    # The record as locked: a touch refreshes its mapping and indexes in the
+    # same round trip, and a save keeps its ``created`` and ``user_agent``.
+    record: Record | None
+
+    def now(self) -> float:
+        """Redis's clock now, in seconds, estimated from the take."""
+        return (self.redis_ms + (time.monotonic() - self.taken) * 1000) / 1000
 
 
 def _text(value: bytes | str) -> str:
@@ -160,8 +220,33 @@ def _record(value: bytes | str | None) -> Record | None:
     # Undecodable bytes stay (as surrogates) for the bridge to refuse as a
     # corrupt record; raising here would leave the lock just taken stuck.
     text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
-    client_id, _, data = text.partition("\n")
-    return Record(client_id, data)
+    head, _, data = text.partition("\n")
+    fields = head.split("\t", 4)
+    if len(fields) != 5:  # written before the header had more than the client
+        return Record(head, data)
+    client_id, user_id, created, last_active, user_agent = fields
+    try:
+        times = float(created), float(last_active)
+    except ValueError:
+        times = 0.0, 0.0
+    return Record(client_id, data, user_id or None, *times, user_agent)
+
+
+def _value(record: Record) -> str:
+    """The stored value: a header line (tab-separated; ids hold no tab or
+    newline, the user agent is made not to), then the data. One GET reads all.
+    """
+    agent = " ".join(record.user_agent.split())
+    head = (
+        f"{record.client_id}\t{record.user_id or ''}\t{record.created:.3f}"
+        f"\t{record.last_active:.3f}\t{agent}"
+    )
+    return f"{head}\n{record.data}"
+
+
+def _member(session_id: str, record: Record) -> str:
+    """A session's entry in the expiry index: what its end is announced with."""
+    return f"{session_id}\t{record.client_id}\t{record.user_id or ''}"
 
 
 def _ms(seconds: float) -> int:
@@ -201,9 +286,9 @@ class RedisStore:
     session for a lock nobody holds. Other processes never learn of them:
     for them the lock's lease (``lock_expire``, 5 s) bounds the wait.
 
-    Redis expires keys itself, so :meth:`cleanup` finds nothing to remove and
-    returns an empty list; a session's end by expiry is noticed when it is
-    next read.
+    Redis expires keys itself; :meth:`cleanup` reads the expiry index to
+    report (and unindex) the sessions that expired since it last ran, so
+    their end is announced on time.
 
     :param client_or_url: A ``redis://``, ``rediss://`` or ``unix://`` URL,
         or a redis-py client.
@@ -219,6 +304,12 @@ class RedisStore:
     :raise ValueError: ``prefix`` holds a brace, or ``wait_replicas`` with a
         cluster client.
     """
+
+    #: Sorted sets the expiry index is spread over (each its own slot, so on
+    #: a cluster they spread over the shards). Changing it orphans entries.
+    expiry_shards = 16
+    #: Expired sessions :meth:`cleanup` handles per round trip and shard.
+    cleanup_batch = 500
 
     def __init__(
         self,
@@ -290,10 +381,14 @@ class RedisStore:
         self._link_client = self.client.register_script(_LINK_CLIENT)
         self._undo_link = self.client.register_script(_UNDO_LINK)
         self._unlink_client = self.client.register_script(_UNLINK_CLIENT)
+        self._index = self.client.register_script(_INDEX)
+        self._unindex = self.client.register_script(_UNINDEX)
+        self._members = self.client.register_script(_MEMBERS)
+        self._due = self.client.register_script(_DUE)
         self._scripts = (
             self._lock, self._renew, self._save, self._release, self._delete,
             self._pass_on, self._touch_client, self._link_client, self._undo_link,
-            self._unlink_client,
+            self._unlink_client, self._index, self._unindex, self._members, self._due,
         )
         #: token -> what this store knows of a lock it holds.
         self._held: dict[str, _Held] = {}
@@ -311,6 +406,32 @@ class RedisStore:
 
     def _client_key(self, client_id: str) -> str:
         return f"{self.prefix}c:{{{client_id}}}"
+
+    def _user_key(self, user_id: str) -> str:
+        return f"{self.prefix}u:{{{user_id}}}"
+
+    def _expiry_key(self, session_id: str) -> str:
+        shard = zlib.crc32(session_id.encode()) % self.expiry_shards
+        return f"{self.prefix}x:{{{shard}}}"
+
+    def _index_steps(
+        self, session_id: str, record: Record, old: Record | None, age: int
+    ) -> list[tuple[Script, list[str], list[str | int]]]:
+        """Put the session in its user's index and the expiry index, expiring
+        ``age`` ms from now; out of its former user's, if that changed.
+        """
+        steps: list[tuple[Script, list[str], list[str | int]]] = []
+        if old is not None and old.user_id and old.user_id != record.user_id:
+            steps.append((self._unindex, [self._user_key(old.user_id)], [session_id, ""]))
+        if record.user_id:
+            steps.append((self._index, [self._user_key(record.user_id)], [age, session_id, "", 1]))
+        member = _member(session_id, record)
+        before = _member(session_id, old) if old is not None else member
+        steps.append((
+            self._index, [self._expiry_key(session_id)],
+            [age, member, "" if before == member else before, 0],
+        ))
+        return steps
 
     # -- calling Redis -----------------------------------------------------
 
@@ -372,7 +493,8 @@ class RedisStore:
         # Releasing is idempotent, and a call Redis still had queued when it
         # came back ran before this one, which Redis received later.
         self._round_trip([
-            (self._release, self._keys(session_id), [token, ""]) for token, session_id in unsure
+            (self._release, self._keys(session_id), [token, "", ""])
+            for token, session_id in unsure
         ])
         for token, _session_id in unsure:
             self._unsure.pop(token, None)
@@ -408,8 +530,7 @@ class RedisStore:
                 if len(self._held) >= _MAX_HELD:  # locks given up without a word
                     self._held.clear()  # they lose their fence: their saves are unfenced
                 self._held[token] = _Held(
-                    seconds * 1000 + micros / 1000, time.monotonic(),
-                    record.client_id if record is not None else None,
+                    seconds * 1000 + micros / 1000, time.monotonic(), record
                 )
                 return token, record
             left = deadline - time.monotonic()
@@ -444,24 +565,35 @@ class RedisStore:
             # the script runs by then, or the client has not yet given up.
             elapsed = time.monotonic() - held.taken
             deadline = str(int(held.redis_ms + (elapsed + self._fence) * 1000))
-        value = f"{record.client_id}\n{record.data}"
+        old = held.record if held is not None else None
+        now = held.now() if held is not None else time.time()
+        if old is not None:
+            record = dataclasses.replace(
+                record,
+                created=old.created, user_agent=old.user_agent, last_active=now
+            )
+        else:
+            record = dataclasses.replace(record, created=now, last_active=now)
         age = _ms(max_age)
         steps: list[tuple[Script, list[str], list[str | int]]] = [
-            (self._save, self._keys(session_id), [token, value, age, deadline])
+            (self._save, self._keys(session_id), [token, _value(record), age, deadline])
         ]
-        # The mapping is in another slot: it goes in the same round trip, and
-        # is put back if Redis refused the save.
+        # The mapping and the indexes are in other slots: they go in the same
+        # round trip, and are put back if Redis refused the save.
         mapping = [self._client_key(record.client_id)]
         step = self._link_client if link else self._touch_client
         steps.append((step, mapping, [session_id, age]))
+        steps.extend(self._index_steps(session_id, record, old, age))
         try:
-            reply, before = self._round_trip(steps, self.wait_replicas > 0)
+            reply, before, *_ = self._round_trip(steps, self.wait_replicas > 0)
         except StoreUnavailable:
             self._remember_unsure(session_id, token)
             raise
         if reply < 0 and link:
             undo: list[str | int] = [session_id, "" if before is None else _text(before), age]
             self._call(lambda: self._undo_link(keys=mapping, args=undo))
+        if reply < 0 and old is None:
+            self._forget(session_id, record)
         if reply == -1:
             raise SessionLockTimeout("session lock expired before write-back", session_id)
         if reply == -2:
@@ -472,14 +604,22 @@ class RedisStore:
 
     def release(self, session_id: str, token: str, max_age: float | None) -> None:
         held = self._held.pop(token, None)
-        touch = "" if max_age is None else _ms(max_age)
-        steps: list[tuple[Script, list[str], list[str | int]]] = [
-            (self._release, self._keys(session_id), [token, touch])
-        ]
-        if max_age is not None and held is not None and held.client_id is not None:
-            steps.append(
-                (self._touch_client, [self._client_key(held.client_id)], [session_id, touch])
-            )
+        record = held.record if held is not None else None
+        if max_age is None or held is None or record is None:
+            steps: list[tuple[Script, list[str], list[str | int]]] = [
+                (self._release, self._keys(session_id), [token, "", ""])
+            ]
+        else:
+            touch = _ms(max_age)
+            now = held.now()
+            # Read-only work rewrites the record at most once a minute.
+            moved = now - record.last_active >= ACTIVE_EVERY
+            value = _value(dataclasses.replace(record, last_active=now)) if moved else ""
+            steps = [
+                (self._release, self._keys(session_id), [token, touch, value]),
+                (self._touch_client, [self._client_key(record.client_id)], [session_id, touch]),
+                *self._index_steps(session_id, record, record, touch),
+            ]
         try:
             self._round_trip(steps)
         except StoreUnavailable:
@@ -499,9 +639,87 @@ class RedisStore:
             raise
         record = _record(value)
         if record is not None:
-            mapping = [self._client_key(record.client_id)]
-            self._call(lambda: self._unlink_client(keys=mapping, args=[session_id]))
+            self._forget(session_id, record)
         return record
 
+    def _forget(self, session_id: str, record: Record) -> None:
+        """Take a session that is gone out of its mapping and indexes."""
+        steps: list[tuple[Script, list[str], list[str | int]]] = [
+            (self._unlink_client, [self._client_key(record.client_id)], [session_id]),
+            (self._unindex, [self._expiry_key(session_id)], [_member(session_id, record), ""]),
+        ]
+        if record.user_id:
+            steps.append((self._unindex, [self._user_key(record.user_id)], [session_id, ""]))
+        self._round_trip(steps)
+
+    def sessions_of(self, user_id: str) -> list[tuple[str, Record]]:
+        key = self._user_key(user_id)
+        members = [_text(m) for m in self._call(lambda: self._members(keys=[key]))]
+        if not members:
+            return []
+
+        def read() -> list[t.Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for session_id in members:
+                pipe.get(self._keys(session_id)[1])
+            return list(pipe.execute())
+
+        found = []
+        stale: list[tuple[Script, list[str], list[str | int]]] = []
+        for session_id, value in zip(members, self._call(read)):
+            record = _record(value)
+            if record is not None and record.user_id == user_id:
+                found.append((session_id, record))
+            else:  # gone, or another user's since: verified on read
+                stale.append((self._unindex, [key], [session_id, ""]))
+        if stale:
+            self._round_trip(stale)
+        return found
+
     def cleanup(self) -> list[tuple[str, str]]:
-        return []
+        removed: list[tuple[str, str]] = []
+        shards = [f"{self.prefix}x:{{{n}}}" for n in range(self.expiry_shards)]
+        while shards:
+            replies = self._round_trip([(self._due, [key], [self.cleanup_batch]) for key in shards])
+            due = [
+                (key, int(now), _text(member))
+                for key, (now, members) in zip(shards, replies)
+                for member in members
+            ]
+            # A full batch may have more behind it.
+            shards = [
+                key for key, (_, members) in zip(shards, replies)
+                if len(members) >= self.cleanup_batch
+            ]
+            if due:
+                removed.extend(self._sweep(due))
+        return removed
+
+    def _sweep(self, due: list[tuple[str, int, str]]) -> list[tuple[str, str]]:
+        """Unindex the sessions of the expiry index entries ``due`` that are
+        gone; return them.
+        """
+        ids = [member.split("\t", 1)[0] for _, _, member in due]
+
+        def ttls() -> list[t.Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for session_id in ids:
+                pipe.pttl(self._keys(session_id)[1])
+            return list(pipe.execute())
+
+        steps: list[tuple[Script, list[str], list[str | int]]] = []
+        gone: list[tuple[int, str, str]] = []
+        for (key, now, member), ttl in zip(due, self._call(ttls)):
+            if int(ttl) >= 0:
+                # Still there (a touch whose index step failed): its entry
+                # moves to its real expiry.
+                steps.append((self._index, [key], [max(1, int(ttl)), member, "", 0]))
+                continue
+            session_id, client_id, user_id = [*member.split("\t", 2), "", ""][:3]
+            # Each only if not pushed back since this read (saved again).
+            gone.append((len(steps), session_id, client_id))
+            steps.append((self._unindex, [key], [member, now]))
+            if user_id:
+                steps.append((self._unindex, [self._user_key(user_id)], [session_id, now]))
+        replies = self._round_trip(steps) if steps else []
+        return [(session_id, client_id) for at, session_id, client_id in gone if replies[at]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import sqlite3
@@ -11,6 +12,7 @@ import typing as t
 
 from ..exceptions import SessionLockTimeout
 from ..exceptions import StoreUnavailable
+from .base import ACTIVE_EVERY
 from .base import Record
 from .waiting import Waiters
 
@@ -18,7 +20,9 @@ _T = t.TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bridge_sessions (
-    id TEXT PRIMARY KEY, client_id TEXT NOT NULL, data TEXT NOT NULL, expires REAL NOT NULL
+    id TEXT PRIMARY KEY, client_id TEXT NOT NULL, data TEXT NOT NULL, expires REAL NOT NULL,
+    user_id TEXT, created REAL NOT NULL DEFAULT 0, last_active REAL NOT NULL DEFAULT 0,
+    user_agent TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS bridge_sessions_expires ON bridge_sessions (expires);
 CREATE TABLE IF NOT EXISTS bridge_clients (
@@ -29,6 +33,29 @@ CREATE TABLE IF NOT EXISTS bridge_locks (
     session_id TEXT PRIMARY KEY, token TEXT NOT NULL, expires REAL NOT NULL
 ) WITHOUT ROWID;
 """
+
+#: Columns added since the first release, for files made before them.
+_ADDED = {
+    "user_id": "TEXT",
+    "created": "REAL NOT NULL DEFAULT 0",
+    "last_active": "REAL NOT NULL DEFAULT 0",
+    "user_agent": "TEXT NOT NULL DEFAULT ''",
+}
+
+_FIELDS = "client_id, data, user_id, created, last_active, user_agent"
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    present = {row[1] for row in db.execute("PRAGMA table_info(bridge_sessions)")}
+    for name, kind in _ADDED.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE bridge_sessions ADD COLUMN {name} {kind}")
+    # The user index: sessions_of reads one user's rows only.
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS bridge_sessions_user ON bridge_sessions (user_id)"
+        " WHERE user_id IS NOT NULL"
+    )
 
 #: Bounds of the poll for a lock held by another process, in seconds.
 _POLL_FIRST, _POLL_MAX = 0.002, 0.05
@@ -103,7 +130,7 @@ class SQLiteStore:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
             raise StoreUnavailable(f"cannot create {folder}: {e}", original_error=e) from e
-        self._run(lambda db: db.executescript(_SCHEMA), write=True)
+        self._run(_migrate, write=True)
 
     def _start_pool(self) -> None:
         self._pid = os.getpid()
@@ -224,10 +251,10 @@ class SQLiteStore:
     @staticmethod
     def _read(db: sqlite3.Connection, session_id: str, now: float) -> Record | None:
         row = db.execute(
-            "SELECT client_id, data FROM bridge_sessions WHERE id = ? AND expires > ?",
+            f"SELECT {_FIELDS} FROM bridge_sessions WHERE id = ? AND expires > ?",
             (session_id, now),
         ).fetchone()
-        return Record(row[0], row[1]) if row is not None else None
+        return Record(*row) if row is not None else None
 
     def get(self, session_id: str) -> Record | None:
         return self._run(lambda db: self._read(db, session_id, self._clock()))
@@ -358,11 +385,19 @@ class SQLiteStore:
             now = self._clock()
             if not self._holds(db, session_id, token, now):
                 raise SessionLockTimeout("session lock expired before write-back", session_id)
-            is_new = self._read(db, session_id, now) is None
+            old = self._read(db, session_id, now)
+            is_new = old is None
+            if old is not None:
+                row = dataclasses.replace(
+                    record,
+                    created=old.created, user_agent=old.user_agent, last_active=now
+                )
+            else:
+                row = dataclasses.replace(record, created=now, last_active=now)
             db.execute(
-                "INSERT OR REPLACE INTO bridge_sessions (id, client_id, data, expires)"
-                " VALUES (?, ?, ?, ?)",
-                (session_id, record.client_id, record.data, now + max_age),
+                f"INSERT OR REPLACE INTO bridge_sessions (id, {_FIELDS}, expires)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, *dataclasses.astuple(row), now + max_age),
             )
             if link:
                 db.execute(
@@ -395,9 +430,10 @@ class SQLiteStore:
             if max_age is not None and self._holds(db, session_id, token, now):
                 record = self._read(db, session_id, now)
                 if record is not None:
+                    active = now if now - record.last_active >= ACTIVE_EVERY else record.last_active
                     db.execute(
-                        "UPDATE bridge_sessions SET expires = ? WHERE id = ?",
-                        (now + max_age, session_id),
+                        "UPDATE bridge_sessions SET expires = ?, last_active = ? WHERE id = ?",
+                        (now + max_age, active, session_id),
                     )
                     self._touch_client(db, record.client_id, session_id, now + max_age)
             self._unlock(db, session_id, token)
@@ -423,6 +459,16 @@ class SQLiteStore:
             return self._transaction(write)
         finally:
             self._let_go(session_id, token)
+
+    def sessions_of(self, user_id: str) -> list[tuple[str, Record]]:
+        def read(db: sqlite3.Connection) -> list[tuple[str, Record]]:
+            rows = db.execute(
+                f"SELECT id, {_FIELDS} FROM bridge_sessions WHERE user_id = ? AND expires > ?",
+                (user_id, self._clock()),
+            ).fetchall()
+            return [(row[0], Record(*row[1:])) for row in rows]
+
+        return self._run(read)
 
     def cleanup(self) -> list[tuple[str, str]]:
         now = self._clock()
