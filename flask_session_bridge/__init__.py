@@ -6,7 +6,7 @@ from .exceptions import SessionLockTimeout as SessionLockTimeout
 from .exceptions import SessionMissing as SessionMissing
 from .exceptions import SessionValueError as SessionValueError
 from .exceptions import StoreUnavailable as StoreUnavailable
-from .login import login_required as login_required
+from .login import socket_login_required as socket_login_required
 from .session import BridgeSession as BridgeSession
 from .stores import MemoryStore as MemoryStore
 from .stores import Record as Record

@@ -12,6 +12,7 @@ from flask import current_app
 from flask import has_request_context
 from flask import request
 
+from . import config
 from . import login
 from . import signals
 from . import sockets
@@ -44,19 +45,6 @@ if t.TYPE_CHECKING:
     from .stores.base import Store
 
 logger = logging.getLogger("flask_session_bridge")
-
-_SOCKET_MISSING = ("allow", "reject")
-_OPTIONS = {
-    "socket_missing",
-    "lock_timeout",
-    "lock_expire",
-    "client_lifetime",
-    "cleanup_interval",
-    "socket_token_lifetime",
-    "regenerate_on_login",
-    "max_sessions_per_user",
-}
-
 
 class SessionBridge:
     """One server-side session for Flask views and Flask-SocketIO handlers.
@@ -99,10 +87,26 @@ class SessionBridge:
         socketio: SocketIO | None = None,
         *,
         store: Store | str | None = None,
-        **options: t.Any,
+        socket_missing: t.Literal["allow", "reject"] | None = None,
+        lock_timeout: float | None = None,
+        lock_expire: float | None = None,
+        client_lifetime: float | timedelta | None = None,
+        cleanup_interval: float | None = None,
+        socket_token_lifetime: float | timedelta | None = None,
+        regenerate_on_login: bool | None = None,
+        max_sessions_per_user: int | None = None,
     ) -> None:
-        self._store = store
-        self._options = options
+        self._options: dict[str, t.Any] = dict(
+            store=store,
+            socket_missing=socket_missing,
+            lock_timeout=lock_timeout,
+            lock_expire=lock_expire,
+            client_lifetime=client_lifetime,
+            cleanup_interval=cleanup_interval,
+            socket_token_lifetime=socket_token_lifetime,
+            regenerate_on_login=regenerate_on_login,
+            max_sessions_per_user=max_sessions_per_user,
+        )
         self._validators: list[Validator] = []
         self._states: WeakKeyDictionary[Flask, AppState] = WeakKeyDictionary()
         if app is not None:
@@ -114,12 +118,22 @@ class SessionBridge:
         socketio: SocketIO | None = None,
         *,
         store: Store | str | None = None,
-        **options: t.Any,
+        socket_missing: t.Literal["allow", "reject"] | None = None,
+        lock_timeout: float | None = None,
+        lock_expire: float | None = None,
+        client_lifetime: float | timedelta | None = None,
+        cleanup_interval: float | None = None,
+        socket_token_lifetime: float | timedelta | None = None,
+        regenerate_on_login: bool | None = None,
+        max_sessions_per_user: int | None = None,
     ) -> None:
         """Register the bridge on ``app``: install the session interface, wrap
-        the socket dispatch, add ``flask bridge-cleanup``.
+        the socket dispatch, add ``flask bridge-cleanup``. Options given here
+        win over those given to the constructor, which win over config.
 
-        :raise RuntimeError: already registered, or no ``SECRET_KEY``.
+        :raise RuntimeError: already registered, no ``SECRET_KEY``, a bad
+            store URL, or an unknown ``SESSION_BRIDGE_*`` config key.
+        :raise ValueError: an option of the wrong kind; the message names it.
         """
         if "session_bridge" in app.extensions:
             raise RuntimeError(
@@ -131,36 +145,23 @@ class SessionBridge:
                 "The session bridge signs cookies with the app's SECRET_KEY."
                 " Set app.config['SECRET_KEY'] before calling init_app."
             )
-        config = app.config
-        config.setdefault("SESSION_BRIDGE_STORE", "memory://")
-        config.setdefault("SESSION_BRIDGE_SOCKET_MISSING", "allow")
-        config.setdefault("SESSION_BRIDGE_LOCK_TIMEOUT", 10.0)
-        config.setdefault("SESSION_BRIDGE_LOCK_EXPIRE", 5.0)
-        config.setdefault("SESSION_BRIDGE_CLIENT_LIFETIME", timedelta(days=365))
-        config.setdefault("SESSION_BRIDGE_CLEANUP_INTERVAL", 300.0)
-        config.setdefault("SESSION_BRIDGE_SOCKET_TOKEN_LIFETIME", 60)
-        config.setdefault("SESSION_BRIDGE_REGENERATE_ON_LOGIN", True)
-        config.setdefault("SESSION_BRIDGE_MAX_SESSIONS_PER_USER", None)
-
-        def option(name: str) -> t.Any:
-            for given in (options, self._options):
-                if given.get(name) is not None:
-                    return given[name]
-            return config[f"SESSION_BRIDGE_{name.upper()}"]
-
-        unknown = (set(options) | set(self._options)) - _OPTIONS
-        if unknown:
-            raise TypeError(f"Unknown SessionBridge options: {', '.join(sorted(unknown))}")
-        socket_missing = option("socket_missing")
-        if socket_missing not in _SOCKET_MISSING:
-            raise ValueError(
-                f"socket_missing must be 'allow' or 'reject', not {socket_missing!r}."
-            )
-        # ``is not None``: a store object may be falsy (an empty one with
-        # ``__len__``), and must not be replaced by memory://.
-        chosen = next(
-            s for s in (store, self._store, config["SESSION_BRIDGE_STORE"]) if s is not None
+        config.set_defaults(app)
+        options = config.resolve(
+            app,
+            dict(
+                store=store,
+                socket_missing=socket_missing,
+                lock_timeout=lock_timeout,
+                lock_expire=lock_expire,
+                client_lifetime=client_lifetime,
+                cleanup_interval=cleanup_interval,
+                socket_token_lifetime=socket_token_lifetime,
+                regenerate_on_login=regenerate_on_login,
+                max_sessions_per_user=max_sessions_per_user,
+            ),
+            self._options,
         )
+        chosen = options.store
         if isinstance(chosen, str):
             try:
                 chosen = store_from_url(chosen, app.instance_path)
@@ -171,19 +172,16 @@ class SessionBridge:
             app,
             chosen,
             socketio,
-            socket_missing=socket_missing,
-            lock_timeout=float(option("lock_timeout")),
-            lock_expire=float(option("lock_expire")),
-            client_lifetime=int(_seconds(option("client_lifetime"))),
-            socket_token_lifetime=int(_seconds(option("socket_token_lifetime"))),
-            regenerate_on_login=bool(option("regenerate_on_login")),
+            socket_missing=options.socket_missing,
+            lock_timeout=options.lock_timeout,
+            lock_expire=options.lock_expire,
+            client_lifetime=int(options.client_lifetime),
+            socket_token_lifetime=int(options.socket_token_lifetime),
+            regenerate_on_login=options.regenerate_on_login,
         )
         state.validators = self._validators
-        state.cleanup_interval = _seconds(option("cleanup_interval"))
-        limit = option("max_sessions_per_user")
-        if limit is not None and int(limit) < 1:
-            raise ValueError(f"max_sessions_per_user must be at least 1, not {limit!r}.")
-        state.max_sessions_per_user = None if limit is None else int(limit)
+        state.cleanup_interval = options.cleanup_interval
+        state.max_sessions_per_user = options.max_sessions_per_user
         self._states[app] = state
         app.extensions["session_bridge"] = self
         app.session_interface = BridgeSessionInterface(self._states.get)
@@ -193,9 +191,11 @@ class SessionBridge:
         login.connect(app)
         app.register_error_handler(StoreUnavailable, _unavailable)
         app.register_error_handler(SessionLockTimeout, _unavailable)
+        app.before_request(_check_session_interface)
         # A socketio registered on the app later is wired in at the first
         # request or event (see interface.wire_late).
         app.teardown_request(_release_request_locks)
+        config.log_start(app, chosen, socketio)
 
     # -- state -----------------------------------------------------------
 
@@ -542,15 +542,25 @@ def _held(session_id: str) -> BridgeSession | None:
     return session if held and session.sid == session_id else None  # type: ignore[union-attr]
 
 
-def _seconds(value: float | timedelta) -> float:
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return float(value)
-
-
 def _unavailable(error: Exception) -> tuple[str, int, dict[str, str]]:
     logger.error("session unavailable: %s", error)
     return "Session temporarily unavailable; please retry.\n", 503, {"Retry-After": "1"}
+
+
+def _check_session_interface() -> None:
+    # Flask-Session's Session(app), or any other session extension set up
+    # after the bridge, replaces the session interface: every lock and the
+    # socket side would silently stop working.
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not isinstance(app.session_interface, BridgeSessionInterface):
+        message = (
+            f"app.session_interface was replaced by"
+            f" {type(app.session_interface).__name__} after the session bridge"
+            " was registered (Flask-Session's Session(app)?). The bridge is"
+            " the session: remove the other session extension."
+        )
+        logger.error(message)
+        raise RuntimeError(message)
 
 
 def _release_request_locks(error: BaseException | None) -> None:

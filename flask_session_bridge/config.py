@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import typing as t
 from datetime import timedelta
 
+from socketio import PubSubManager
+
+from .stores.memory import MemoryStore
+
 if t.TYPE_CHECKING:
     from flask import Flask
+    from flask_socketio import SocketIO
+
+logger = logging.getLogger("flask_session_bridge")
 
 PREFIX = "SESSION_BRIDGE_"
 
@@ -112,3 +120,20 @@ def _check(name: str, value: t.Any) -> t.Any:
             f" not {value!r}."
         )
     return float(seconds)
+
+
+def log_start(app: Flask, store: t.Any, socketio: SocketIO | None) -> None:
+    """Say which store the app's sessions are in, and warn when that store
+    cannot serve the set-up: a MemoryStore is one process's, but a message
+    queue means several workers.
+    """
+    logger.info("session bridge for app %r: sessions in %r", app.name, store)
+    server = getattr(socketio, "server", None)
+    manager = getattr(server, "manager", None)
+    if isinstance(manager, PubSubManager) and isinstance(store, MemoryStore):
+        logger.warning(
+            "session bridge for app %r: Flask-SocketIO has a message queue (several"
+            " workers) but sessions are in a MemoryStore, which each worker has its"
+            " own of: set SESSION_BRIDGE_STORE to a redis:// or sqlite:/// URL.",
+            app.name,
+        )

@@ -1,6 +1,6 @@
 """Flask-Login, when installed: a new session id at every login, the
 session owned by the user logged in, a logout that ends the session, and
-``login_required`` for socket handlers.
+``socket_login_required`` for socket handlers.
 """
 
 from __future__ import annotations
@@ -76,13 +76,13 @@ def _renew(bridge: t.Any, session: BridgeSession) -> None:
     bridge.regenerate()
 
 
-def login_required(handler: F) -> F:
+def socket_login_required(handler: F) -> F:
     """Refuse a socket event unless Flask-Login's ``current_user`` is logged
     in. The event's acknowledgement is then ``{"error": "Unauthorized",
     "message": "login required"}``, and the socket stays connected::
 
         @socketio.on("post")
-        @login_required
+        @socket_login_required
         def post(text): ...
     """
     from flask_login import current_user

@@ -13,7 +13,7 @@ from flask_login import LoginManager
 from flask_login import logout_user
 from flask_login import UserMixin
 
-from flask_session_bridge import login_required
+from flask_session_bridge import socket_login_required
 
 
 class User(UserMixin):
@@ -47,7 +47,7 @@ def parts(store):
         return {"user": current_user.get_id() if current_user.is_authenticated else None}
 
     @socketio.on("secret")
-    @login_required
+    @socket_login_required
     def secret():
         return f"for {current_user.get_id()}"
 

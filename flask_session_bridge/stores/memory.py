@@ -45,6 +45,9 @@ class MemoryStore:
         #: user id -> ids of that user's sessions, kept with the sessions.
         self._users: dict[str, set[str]] = {}
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} (this process only)>"
+
     def _index(self, session_id: str, user_id: str | None, before: str | None) -> None:
         if before is not None and before != user_id:
             self._unindex(session_id, before)

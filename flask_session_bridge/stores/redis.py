@@ -399,6 +399,18 @@ class RedisStore:
 
     # -- keys --------------------------------------------------------------
 
+    def __repr__(self) -> str:
+        # Where, and nothing more: older redis-py print the password in their
+        # own repr.
+        kwargs = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
+        if "path" in kwargs:
+            where = f"unix:{kwargs['path']}"
+        elif "host" in kwargs:
+            where = f"{kwargs['host']}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+        else:
+            where = type(self.client).__name__  # a cluster, or a client of another kind
+        return f"<{type(self).__name__} {where} prefix={self.prefix!r}>"
+
     def _keys(self, session_id: str) -> list[str]:
         """Lock, record, waited marker and wake list of a session: one slot."""
         tag = f"{self.prefix}{{{session_id}}}"

@@ -132,6 +132,9 @@ class SQLiteStore:
             raise StoreUnavailable(f"cannot create {folder}: {e}", original_error=e) from e
         self._run(_migrate, write=True)
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r}>"
+
     def _start_pool(self) -> None:
         self._pid = os.getpid()
         self._idle: list[sqlite3.Connection] = []
