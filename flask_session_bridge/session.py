@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import typing as t
 
-from flask.sessions import session_json_serializer
 from flask.sessions import SessionMixin
 
+from . import serialization
 from .exceptions import SessionMissing
 from .exceptions import SessionValueError
 
@@ -18,6 +18,10 @@ if t.TYPE_CHECKING:
 
 #: Values that always serialize, checked without serializing them.
 _SCALARS = frozenset({str, int, float, bool})
+#: The loaded types whose contents can change in place: handing one out
+#: means the session may change without a write through it. (Tagged JSON
+#: loads nothing else mutable; a tuple may hold lists.)
+_CONTAINERS = frozenset({dict, list, tuple})
 
 
 def serialize(data: dict[str, t.Any]) -> str:
@@ -26,7 +30,7 @@ def serialize(data: dict[str, t.Any]) -> str:
     :raise SessionValueError: a value cannot be serialized; names its key.
     """
     try:
-        return session_json_serializer.dumps(data)
+        return serialization.dumps(data)
     except (TypeError, ValueError, RecursionError) as e:
         for key, value in data.items():
             _check_value(key, value)
@@ -41,7 +45,7 @@ def deserialize(raw: str) -> dict[str, t.Any]:
     try:
         if not raw.isascii():
             raw.encode()  # a store's undecodable bytes fail here
-        data = session_json_serializer.loads(raw)
+        data = serialization.loads(raw)
     except Exception as e:
         # A bad tag payload fails with TypeError, KeyError or worse deep in
         # the tagger; every way of failing means the same: a corrupt record.
@@ -57,7 +61,7 @@ def _check_value(key: str, value: t.Any) -> None:
     if value is None or type(value) in _SCALARS:
         return
     try:
-        session_json_serializer.dumps({key: value})
+        serialization.dumps({key: value})
     except RecursionError as e:
         raise SessionValueError(
             f"session[{key!r}] cannot be stored: it is cyclic or nested too deep"
@@ -73,9 +77,12 @@ class BridgeSession(SessionMixin):
     """The session seen as ``flask.session`` in views and socket handlers.
 
     Nothing is read until the session is first touched; then ``opener`` locks
-    and loads it (see :meth:`attach`). Changes are found by comparing the
-    serialized data with what was loaded, so ``session["cart"].append(x)``
-    counts without ``session.modified = True``.
+    and loads it (see :meth:`attach`). ``session["cart"].append(x)`` counts
+    without ``session.modified = True``: once a container (dict, list,
+    tuple) of the session was handed out, through any accessor, changes are
+    found by comparing the serialized data with what was loaded. A session
+    that was neither written nor handed a container cannot have changed, and
+    is not serialized at all.
 
     :param opener: Called with this session on first touch.
     """
@@ -95,6 +102,9 @@ class BridgeSession(SessionMixin):
         #: data differ, but the session is then created if new.
         self.modified = False
         self.accessed = False
+        #: A container of the data was handed out: it may have changed in
+        #: place, so only a comparison tells.
+        self._lent = False
         #: Why the session ended in this request or event, if it did.
         self.ended: str | None = None
         #: ``clear()`` was called on the stored session: it ends at write-back
@@ -140,6 +150,7 @@ class BridgeSession(SessionMixin):
         """Fill the session from a store record (or make it empty)."""
         self._sid = session_id
         self.lock_token = lock_token
+        self._lent = False
         if record is None:
             self.stored = None
             self._data = {}
@@ -197,7 +208,10 @@ class BridgeSession(SessionMixin):
 
     def changed_payload(self) -> str | None:
         """The serialized data if they differ from the stored ones."""
-        raw = serialize(self._load())
+        data = self._load()
+        if self.stored is not None and not self.modified and not self._lent:
+            return None
+        raw = serialize(data)
         return None if raw == self.stored else raw
 
     # -- the mapping -----------------------------------------------------
@@ -214,7 +228,13 @@ class BridgeSession(SessionMixin):
         return data
 
     def __getitem__(self, key: str) -> t.Any:
-        return self._load()[key]
+        # Every read of a value goes through here or :meth:`get`, the
+        # mapping mixins' ``setdefault``, ``pop``, ``values`` and ``items``
+        # included.
+        value = self._load()[key]
+        if type(value) in _CONTAINERS:
+            self._lent = True
+        return value
 
     def __setitem__(self, key: str, value: t.Any) -> None:
         data = self._write()
@@ -236,7 +256,10 @@ class BridgeSession(SessionMixin):
         return key in self._load()
 
     def get(self, key: str, default: t.Any = None) -> t.Any:
-        return self._load().get(key, default)
+        value = self._load().get(key, default)
+        if type(value) in _CONTAINERS:
+            self._lent = True
+        return value
 
     def clear(self) -> None:
         data = self._load()
@@ -251,7 +274,10 @@ class BridgeSession(SessionMixin):
             self.modified = True
 
     def copy(self) -> dict[str, t.Any]:
-        """A plain dict copy of the data."""
+        """A plain dict copy of the data (a shallow one: it shares the
+        containers).
+        """
+        self._lent = True
         return dict(self._load())
 
     def __repr__(self) -> str:
