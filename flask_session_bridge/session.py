@@ -277,8 +277,9 @@ class BridgeSession(SessionMixin):
         """A plain dict copy of the data (a shallow one: it shares the
         containers).
         """
+        data = self._load()  # first: loading resets the flag
         self._lent = True
-        return dict(self._load())
+        return dict(data)
 
     def __repr__(self) -> str:
         if self._data is None:

@@ -1,0 +1,101 @@
+"""Change detection: a nested change through any accessor is saved, and a
+session that cannot have changed is written back without serializing it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from flask import session
+from flask_socketio import SocketIO
+
+from flask_session_bridge import MemoryStore
+from flask_session_bridge import SessionBridge
+from flask_session_bridge import session as session_module
+from flask_session_bridge.session import deserialize
+
+#: Each mutates the session's nested containers in place, through one way of
+#: reading it, and never writes through the session itself.
+MUTATIONS = {
+    "getitem": lambda s: s["cart"].append(3),
+    "getitem nested dict": lambda s: s["prefs"]["theme"].update(dark=True),
+    "get": lambda s: s.get("cart").append(3),
+    "setdefault": lambda s: s.setdefault("cart", []).append(3),
+    "values": lambda s: [v.append(3) for v in s.values() if isinstance(v, list)],
+    "items": lambda s: [v.append(3) for k, v in s.items() if k == "cart"],
+    "copy": lambda s: s.copy()["cart"].append(3),
+    "dict()": lambda s: dict(s)["cart"].append(3),
+    "unpacking": lambda s: {**s}["cart"].append(3),
+    "tuple holding a list": lambda s: s["pair"][1].append(3),
+    "iteration then getitem": lambda s: [s[k].append(3) for k in s if k == "cart"],
+}
+
+
+def make_app(store: MemoryStore) -> tuple[Flask, SocketIO]:
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test"
+    socketio = SocketIO(app, async_mode="threading")
+    SessionBridge(app, socketio, store=store)
+
+    @app.post("/login")
+    def login() -> dict[str, object]:
+        session["user"] = "alice"
+        session["cart"] = [1, 2]
+        session["prefs"] = {"theme": {"dark": False}}
+        session["pair"] = ("x", [1, 2])
+        return {"sid": session.sid}
+
+    @socketio.on("mutate")
+    def mutate(name: str) -> None:
+        MUTATIONS[name](session)
+
+    @socketio.on("read")
+    def read() -> object:
+        return session.get("user")
+
+    @socketio.on("write")
+    def write() -> None:
+        session["n"] = session.get("n", 0) + 1
+
+    return app, socketio
+
+
+@pytest.fixture
+def connected() -> tuple[MemoryStore, str, object]:
+    store = MemoryStore()
+    app, socketio = make_app(store)
+    http = app.test_client()
+    sid = http.post("/login").json["sid"]
+    return store, sid, socketio.test_client(app, flask_test_client=http)
+
+
+def stored(store: MemoryStore, sid: str) -> dict[str, object]:
+    record = store.get(sid)
+    assert record is not None
+    return deserialize(record.data)
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_nested_change_through_any_accessor_is_saved(connected, name):
+    store, sid, sc = connected
+    sc.emit("mutate", name, callback=True)
+    data = stored(store, sid)
+    if name == "getitem nested dict":
+        assert data["prefs"] == {"theme": {"dark": True}}
+    elif name == "tuple holding a list":
+        assert data["pair"] == ("x", [1, 2, 3])
+    else:
+        assert data["cart"] == [1, 2, 3]
+
+
+def test_unchanged_session_is_not_serialized(connected, monkeypatch):
+    store, sid, sc = connected
+    dumps = []
+    real = session_module.serialize
+    monkeypatch.setattr(session_module, "serialize", lambda d: dumps.append(1) or real(d))
+    before = store.get(sid)
+    assert sc.emit("read", callback=True) == "alice"
+    # Read a scalar only: nothing to dump, the stored record is the same.
+    assert dumps == [] and store.get(sid) == before
+    sc.emit("write", callback=True)
+    assert dumps == [1] and stored(store, sid)["n"] == 1
