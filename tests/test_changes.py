@@ -10,8 +10,8 @@ from flask import session
 from flask_socketio import SocketIO
 
 from flask_session_bridge import MemoryStore
-from flask_session_bridge import SessionBridge
 from flask_session_bridge import session as session_module
+from flask_session_bridge import SessionBridge
 from flask_session_bridge.session import deserialize
 
 #: Each mutates the session's nested containers in place, through one way of
