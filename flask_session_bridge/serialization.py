@@ -68,11 +68,29 @@ def dumps(data: dict[str, t.Any]) -> str:
     return session_json_serializer.dumps(data)
 
 
+def dumps_plain(data: dict[str, t.Any]) -> str:
+    """Serialize session data known to hold only JSON's own types (loaded
+    from text without a tag, then given only scalars), skipping the check
+    :func:`dumps` walks. Only the top-level dict is checked: a removed key
+    can leave one that Flask would read as a tag.
+    """
+    if len(data) == 1 and next(iter(data)) in _TAG_KEYS:
+        return session_json_serializer.dumps(data)
+    return _ENCODER.encode(data)
+
+
+def is_plain_text(raw: str) -> bool:
+    """Whether stored text holds no tagged value, so it loads as JSON's own
+    types only.
+    """
+    return _TAG_MARK not in raw
+
+
 def loads(raw: str) -> t.Any:
     """Load what :func:`dumps` (or Flask's serializer) wrote.
 
     :raise ValueError: the text is not JSON.
     """
-    if _TAG_MARK in raw:
+    if not is_plain_text(raw):
         return session_json_serializer.loads(raw)
     return json.loads(raw)

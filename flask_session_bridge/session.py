@@ -37,6 +37,13 @@ def serialize(data: dict[str, t.Any]) -> str:
         raise SessionValueError(f"session data cannot be serialized: {e}") from e
 
 
+def serialize_plain(data: dict[str, t.Any]) -> str:
+    """Serialize data known to hold only JSON's own types (see
+    :attr:`BridgeSession.plain`): nothing in it can fail.
+    """
+    return serialization.dumps_plain(data)
+
+
 def deserialize(raw: str) -> dict[str, t.Any]:
     """Load session data written by :func:`serialize`.
 
@@ -105,6 +112,9 @@ class BridgeSession(SessionMixin):
         #: A container of the data was handed out: it may have changed in
         #: place, so only a comparison tells.
         self._lent = False
+        #: The data hold only JSON's own types: loaded without a tag and
+        #: given only scalars since, so a dump needs no check of every value.
+        self._plain = True
         #: Why the session ended in this request or event, if it did.
         self.ended: str | None = None
         #: ``clear()`` was called on the stored session: it ends at write-back
@@ -154,8 +164,10 @@ class BridgeSession(SessionMixin):
         if record is None:
             self.stored = None
             self._data = {}
+            self._plain = True
         else:
             self._data = deserialize(record.data)
+            self._plain = serialization.is_plain_text(record.data)
             self._client_id = record.client_id
             self.stored = record.data
             self.loaded_permanent = bool(self._data.get("_permanent", False))
@@ -169,12 +181,14 @@ class BridgeSession(SessionMixin):
         self.lock_token = None
         self.cleared = False
         self._data = {}
+        self._plain = True
         self.writable = self.allocate is not None
 
     def replace(self, data: dict[str, t.Any], max_age: float | None) -> None:
         """Replace the data of this loaded session; saved at write-back."""
         self._write()
         self._data = data
+        self._plain = False
         self.max_age = max_age
         self.modified = True
 
@@ -211,7 +225,8 @@ class BridgeSession(SessionMixin):
         data = self._load()
         if self.stored is not None and not self.modified and not self._lent:
             return None
-        raw = serialize(data)
+        # Plain data that lent no container need no check of every value.
+        raw = serialize_plain(data) if self._plain and not self._lent else serialize(data)
         return None if raw == self.stored else raw
 
     # -- the mapping -----------------------------------------------------
@@ -239,6 +254,8 @@ class BridgeSession(SessionMixin):
     def __setitem__(self, key: str, value: t.Any) -> None:
         data = self._write()
         _check_value(key, value)
+        if value is not None and type(value) not in _SCALARS:
+            self._plain = False
         data[key] = value
         self.modified = True
 

@@ -4,10 +4,15 @@ session that cannot have changed is written back without serializing it.
 
 from __future__ import annotations
 
+from datetime import datetime
+from datetime import timezone
+
 import pytest
 from flask import Flask
 from flask import session
+from flask.sessions import session_json_serializer
 from flask_socketio import SocketIO
+from markupsafe import Markup
 
 from flask_session_bridge import MemoryStore
 from flask_session_bridge import session as session_module
@@ -99,3 +104,47 @@ def test_unchanged_session_is_not_serialized(connected, monkeypatch):
     assert dumps == [] and store.get(sid) == before
     sc.emit("write", callback=True)
     assert dumps == [1] and stored(store, sid)["n"] == 1
+
+
+#: Each writes through the session in a way that a dump without a check of
+#: every value could get wrong; the stored text must be what Flask writes.
+WRITES = {
+    "scalar": lambda s: s.__setitem__("n", 5),
+    "bytes": lambda s: s.__setitem__("raw", b"\x00\xff"),
+    "markup": lambda s: s.__setitem__("html", Markup("<b>hi</b>")),
+    "tuple": lambda s: s.__setitem__("pair", (1, 2)),
+    "tag-like nested key": lambda s: s.__setitem__("tagged", {" t": [1]}),
+    "tag-like key after delete": lambda s: [
+        s.__setitem__(" b", 1), [s.__delitem__(k) for k in list(s) if k != " b"]
+    ],
+    "setdefault list": lambda s: s.setdefault("new", [1]),
+    "update": lambda s: s.update({"when": datetime(2024, 1, 2, tzinfo=timezone.utc)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRITES))
+def test_write_back_stores_what_flask_would(name):
+    store = MemoryStore()
+    app, socketio = make_app(store)
+    expected: list[str] = []
+
+    @app.post("/login-plain")
+    def login_plain() -> dict[str, object]:
+        # Plain data: the write-back may skip the check of every value until
+        # a write brings a type or a key that JSON alone would get wrong.
+        session.update(user="alice", n=1)
+        return {"sid": session.sid}
+
+    @socketio.on("apply")
+    def apply() -> None:
+        WRITES[name](session)
+        # Lends no container: the session holds scalars and what was set.
+        expected.append(session_json_serializer.dumps(dict(session)))
+
+    http = app.test_client()
+    sid = http.post("/login-plain").json["sid"]
+    sc = socketio.test_client(app, flask_test_client=http)
+    sc.emit("apply", callback=True)
+    record = store.get(sid)
+    assert record is not None and record.data == expected[0]
+    assert deserialize(record.data) == session_json_serializer.loads(expected[0])
