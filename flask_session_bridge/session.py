@@ -62,6 +62,23 @@ def deserialize(raw: str) -> dict[str, t.Any]:
     return data
 
 
+def _load_record(raw: str) -> tuple[dict[str, t.Any], dict[str, tuple[int, int]] | None]:
+    """Load a stored record, with the spans of its top-level values when it
+    is plain (see :func:`serialization.load_spans`).
+
+    :raise ValueError: the data cannot be decoded.
+    """
+    if not raw.isascii():
+        try:
+            raw.encode()  # a store's undecodable bytes fail here
+        except UnicodeEncodeError as e:
+            raise ValueError(f"stored session data cannot be decoded: {e!r}") from e
+    loaded = serialization.load_spans(raw)
+    if loaded is not None:
+        return loaded
+    return deserialize(raw), None
+
+
 def _check_value(key: str, value: t.Any) -> None:
     if not isinstance(key, str):
         raise SessionValueError(f"session keys must be strings, not {key!r}")
@@ -115,6 +132,10 @@ class BridgeSession(SessionMixin):
         #: The data hold only JSON's own types: loaded without a tag and
         #: given only scalars since, so a dump needs no check of every value.
         self._plain = True
+        #: Where each top-level value lies in :attr:`stored`, and the keys
+        #: written since: a dump reuses the text of the others.
+        self._spans: dict[str, tuple[int, int]] | None = None
+        self._written: set[str] | None = None
         #: Why the session ended in this request or event, if it did.
         self.ended: str | None = None
         #: ``clear()`` was called on the stored session: it ends at write-back
@@ -161,12 +182,14 @@ class BridgeSession(SessionMixin):
         self._sid = session_id
         self.lock_token = lock_token
         self._lent = False
+        self._written = None
         if record is None:
             self.stored = None
             self._data = {}
             self._plain = True
+            self._spans = None
         else:
-            self._data = deserialize(record.data)
+            self._data, self._spans = _load_record(record.data)
             self._plain = serialization.is_plain_text(record.data)
             self._client_id = record.client_id
             self.stored = record.data
@@ -182,6 +205,7 @@ class BridgeSession(SessionMixin):
         self.cleared = False
         self._data = {}
         self._plain = True
+        self._spans = None
         self.writable = self.allocate is not None
 
     def replace(self, data: dict[str, t.Any], max_age: float | None) -> None:
@@ -189,6 +213,7 @@ class BridgeSession(SessionMixin):
         self._write()
         self._data = data
         self._plain = False
+        self._spans = None
         self.max_age = max_age
         self.modified = True
 
@@ -225,9 +250,18 @@ class BridgeSession(SessionMixin):
         data = self._load()
         if self.stored is not None and not self.modified and not self._lent:
             return None
-        # Plain data that lent no container need no check of every value.
-        raw = serialize_plain(data) if self._plain and not self._lent else serialize(data)
-        return None if raw == self.stored else raw
+        if not self._plain or self._lent:
+            raw = serialize(data)
+        elif self._spans is not None and self.stored is not None:
+            # Only top-level keys were written: the rest is the stored text.
+            raw = serialization.splice(self.stored, self._spans, data, self._written or ())
+        else:
+            # Plain data that lent no container need no check of every value.
+            raw = serialize_plain(data)
+        if raw == self.stored:
+            return None
+        self._spans = None  # about to be stored: the spans are of the old text
+        return raw
 
     # -- the mapping -----------------------------------------------------
 
@@ -256,11 +290,20 @@ class BridgeSession(SessionMixin):
         _check_value(key, value)
         if value is not None and type(value) not in _SCALARS:
             self._plain = False
+        elif self._spans is not None:
+            self._wrote(key)
         data[key] = value
         self.modified = True
 
+    def _wrote(self, key: str) -> None:
+        if self._written is None:
+            self._written = set()
+        self._written.add(key)
+
     def __delitem__(self, key: str) -> None:
         del self._write()[key]
+        if self._spans is not None:
+            self._wrote(key)
         self.modified = True
 
     def __iter__(self) -> t.Iterator[str]:

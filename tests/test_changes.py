@@ -15,6 +15,7 @@ from flask_socketio import SocketIO
 from markupsafe import Markup
 
 from flask_session_bridge import MemoryStore
+from flask_session_bridge import serialization
 from flask_session_bridge import session as session_module
 from flask_session_bridge import SessionBridge
 from flask_session_bridge.session import deserialize
@@ -148,3 +149,39 @@ def test_write_back_stores_what_flask_would(name):
     record = store.get(sid)
     assert record is not None and record.data == expected[0]
     assert deserialize(record.data) == session_json_serializer.loads(expected[0])
+
+
+def test_splice_is_the_encoders_text():
+    # A write to one top-level key of a large plain session reuses the
+    # stored text of the others; the result must be what a full dump gives
+    # (Flask's, in an app context: its provider sorts keys).
+    with Flask(__name__).app_context():
+        check_splice()
+
+
+def check_splice() -> None:
+    data = {
+        "user": "é\u2028", "n": 1, "big": 2**80, "f": 1.5e300, "none": None,
+        "cart": [{"id": i, "tags": ["a"], "p": 9.99} for i in range(200)],
+    }
+    raw = serialization.dumps(data)
+    assert raw == session_json_serializer.dumps(data)
+    loaded = serialization.load_spans(raw)
+    assert loaded is not None and loaded[0] == data
+    changed, spans = loaded
+    changed.update(n=2, new="x")
+    del changed["none"]
+    out = serialization.splice(raw, spans, changed, {"n", "new", "none"})
+    assert out == session_json_serializer.dumps(changed)
+    # Text not in the encoder's own form is loaded the ordinary way.
+    assert serialization.load_spans('{"a": 1}') is None
+    assert serialization.load_spans('{"a":1}x') is None
+    assert serialization.load_spans('{" t":[1]}') is None
+
+
+def test_large_session_write_keeps_the_rest(connected):
+    store, sid, sc = connected
+    before = stored(store, sid)
+    sc.emit("write", callback=True)
+    sc.emit("write", callback=True)
+    assert stored(store, sid) == {**before, "n": 2}
