@@ -29,7 +29,8 @@ setup(
         "click>=8.1",
     ],
     extras_require={
-        "redis": ["redis>=5.0"],
+        # hiredis: redis-py parses replies in C when it is installed.
+        "redis": ["redis>=5.0", "hiredis>=2"],
         # bench/: the anchor (Flask-Session) and the load test's asyncio client.
         "bench": ["redis>=5.0", "flask-session>=0.8", "eventlet>=0.36",
                   "python-socketio[asyncio_client]>=5.11.2", "aiohttp"],

@@ -119,12 +119,15 @@ async def client_main(
         if len(first_errors) < 5:
             first_errors.append(f"{kind}: {detail}")
 
-    async def rss(http: aiohttp.ClientSession) -> int:
-        total = 0
+    async def total(http: aiohttp.ClientSession, path: str) -> float:
+        found = 0.0
         for url in urls:
-            async with http.get(f"{url}/rss") as response:
-                total += int(await response.text())
-        return total
+            async with http.get(f"{url}{path}") as response:
+                found += float(await response.text())
+        return found
+
+    async def rss(http: aiohttp.ClientSession) -> float:
+        return await total(http, "/rss")
 
     async def login(http: aiohttp.ClientSession, url: str) -> str | None:
         try:
@@ -187,6 +190,8 @@ async def client_main(
     cpu_client = time.process_time()
     cpu_servers = [cpu_seconds(pid) for pid in pids]
     cpu_redis = cpu_seconds(redis_pid)
+    async with aiohttp.ClientSession() as http:
+        gc_before = await total(http, "/gc")
     began = time.perf_counter()
     start.set()
     await asyncio.gather(*tasks)
@@ -194,6 +199,8 @@ async def client_main(
     cpu_client = time.process_time() - cpu_client
     cpu_servers = [cpu_seconds(pid) - cpu for pid, cpu in zip(pids, cpu_servers)]
     cpu_redis = cpu_seconds(redis_pid) - cpu_redis
+    async with aiohttp.ClientSession() as http:
+        gc_cpu = await total(http, "/gc") - gc_before
     await asyncio.gather(*(c.disconnect() for c in connected))
     if wrong:
         sys.exit(f"WRONG COUNTER in {len(wrong)} clients, e.g. {wrong[0]}: the session "
@@ -210,6 +217,9 @@ async def client_main(
         "client_cpu": cpu_client / wall if wall > 0 else 0.0,
         "server_cpu": statistics.mean(cpu_servers) / wall if wall > 0 else 0.0,
         "redis_cpu": cpu_redis / wall if wall > 0 else 0.0,
+        # The workers' CPU per answered event, and the cyclic GC's share of it.
+        "server_us_per_event": sum(cpu_servers) * 1e6 / max(len(latencies), 1),
+        "gc_share": gc_cpu / sum(cpu_servers) if sum(cpu_servers) > 0 else 0.0,
         "errors": sum(errors.values()),
         "error_kinds": errors,
         "first_errors": first_errors,
@@ -263,16 +273,17 @@ def report(results: dict[str, list[dict]], clients: int, events: int) -> None:
     print(f"\n{clients} clients x {events} events each; medians of {rounds} rounds")
     header = (f"{'configuration':<18} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
               f" {'RSS kB/socket':>13} {'errors':>7} {'cpu: client':>11} {'per worker':>10}"
-              f" {'redis':>6}")
+              f" {'redis':>6} {'us/event':>8} {'GC':>5}")
     print(header)
     print("-" * len(header))
     keys = ("events_per_s", "p50_ms", "p99_ms", "rss_kb_per_socket",
-            "client_cpu", "server_cpu", "redis_cpu")
+            "client_cpu", "server_cpu", "redis_cpu", "server_us_per_event", "gc_share")
     for name, runs in results.items():
         m = {key: statistics.median(r[key] for r in runs) for key in keys}
         print(f"{name:<18} {m['events_per_s']:>9.0f} {m['p50_ms']:>8.1f} {m['p99_ms']:>8.1f}"
               f" {m['rss_kb_per_socket']:>13.1f} {sum(r['errors'] for r in runs):>7}"
-              f" {m['client_cpu']:>11.0%} {m['server_cpu']:>10.0%} {m['redis_cpu']:>6.0%}")
+              f" {m['client_cpu']:>11.0%} {m['server_cpu']:>10.0%} {m['redis_cpu']:>6.0%}"
+              f" {m['server_us_per_event']:>8.0f} {m['gc_share']:>5.0%}")
     for name, runs in results.items():
         for i, r in enumerate(runs, 1):
             for detail in r["first_errors"]:
@@ -290,10 +301,12 @@ def report(results: dict[str, list[dict]], clients: int, events: int) -> None:
     throughput = ratio(bridge, anchor, "events_per_s")
     p99 = ratio(anchor, bridge, "p99_ms")
     scaling = ratio(two, bridge, "events_per_s")
+    cpu = ratio(anchor, bridge, "server_us_per_event")
     print("\nratios (median of the per-round ratios)")
     for label, value, goal, met in (
         ("bridge / anchor, throughput", throughput, "> 1", throughput > 1),
         ("anchor p99 / bridge p99", p99, "> 1", p99 > 1),
+        ("anchor / bridge, CPU per event", cpu, ">= 1", cpu >= 1),
         ("two workers / one, throughput", scaling, ">= 1.6", scaling >= 1.6),
     ):
         print(f"  {label:<30} {value:5.2f}x  goal {goal:<6} {'ok' if met else 'MISSED'}")

@@ -19,8 +19,10 @@ import eventlet  # noqa: E402
 eventlet.monkey_patch()
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
+import time  # noqa: E402
 
 import redis  # noqa: E402
 from flask import Flask  # noqa: E402
@@ -75,6 +77,26 @@ def rss():
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return str(pages * os.sysconf("SC_PAGE_SIZE"))
+
+
+#: CPU seconds spent in the cyclic garbage collector, and when the running
+#: collection began.
+_gc_cpu = [0.0, 0.0]
+
+
+def _time_gc(phase, info):
+    if phase == "start":
+        _gc_cpu[1] = time.process_time()
+    else:
+        _gc_cpu[0] += time.process_time() - _gc_cpu[1]
+
+
+gc.callbacks.append(_time_gc)
+
+
+@app.get("/gc")
+def gc_seconds():
+    return repr(_gc_cpu[0])
 
 
 @socketio.on("inc")

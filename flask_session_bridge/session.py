@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import typing as t
 
-from flask.sessions import session_json_serializer
 from flask.sessions import SessionMixin
 
+from . import serialization
 from .exceptions import SessionMissing
 from .exceptions import SessionValueError
 
@@ -18,6 +18,10 @@ if t.TYPE_CHECKING:
 
 #: Values that always serialize, checked without serializing them.
 _SCALARS = frozenset({str, int, float, bool})
+#: The loaded types whose contents can change in place: handing one out
+#: means the session may change without a write through it. (Tagged JSON
+#: loads nothing else mutable; a tuple may hold lists.)
+_CONTAINERS = frozenset({dict, list, tuple})
 
 
 def serialize(data: dict[str, t.Any]) -> str:
@@ -26,11 +30,18 @@ def serialize(data: dict[str, t.Any]) -> str:
     :raise SessionValueError: a value cannot be serialized; names its key.
     """
     try:
-        return session_json_serializer.dumps(data)
+        return serialization.dumps(data)
     except (TypeError, ValueError, RecursionError) as e:
         for key, value in data.items():
             _check_value(key, value)
         raise SessionValueError(f"session data cannot be serialized: {e}") from e
+
+
+def serialize_plain(data: dict[str, t.Any]) -> str:
+    """Serialize data known to hold only JSON's own types (see
+    :attr:`BridgeSession.plain`): nothing in it can fail.
+    """
+    return serialization.dumps_plain(data)
 
 
 def deserialize(raw: str) -> dict[str, t.Any]:
@@ -41,7 +52,7 @@ def deserialize(raw: str) -> dict[str, t.Any]:
     try:
         if not raw.isascii():
             raw.encode()  # a store's undecodable bytes fail here
-        data = session_json_serializer.loads(raw)
+        data = serialization.loads(raw)
     except Exception as e:
         # A bad tag payload fails with TypeError, KeyError or worse deep in
         # the tagger; every way of failing means the same: a corrupt record.
@@ -51,13 +62,30 @@ def deserialize(raw: str) -> dict[str, t.Any]:
     return data
 
 
+def _load_record(raw: str) -> tuple[dict[str, t.Any], dict[str, tuple[int, int]] | None]:
+    """Load a stored record, with the spans of its top-level values when it
+    is plain (see :func:`serialization.load_spans`).
+
+    :raise ValueError: the data cannot be decoded.
+    """
+    if not raw.isascii():
+        try:
+            raw.encode()  # a store's undecodable bytes fail here
+        except UnicodeEncodeError as e:
+            raise ValueError(f"stored session data cannot be decoded: {e!r}") from e
+    loaded = serialization.load_spans(raw)
+    if loaded is not None:
+        return loaded
+    return deserialize(raw), None
+
+
 def _check_value(key: str, value: t.Any) -> None:
     if not isinstance(key, str):
         raise SessionValueError(f"session keys must be strings, not {key!r}")
     if value is None or type(value) in _SCALARS:
         return
     try:
-        session_json_serializer.dumps({key: value})
+        serialization.dumps({key: value})
     except RecursionError as e:
         raise SessionValueError(
             f"session[{key!r}] cannot be stored: it is cyclic or nested too deep"
@@ -73,9 +101,12 @@ class BridgeSession(SessionMixin):
     """The session seen as ``flask.session`` in views and socket handlers.
 
     Nothing is read until the session is first touched; then ``opener`` locks
-    and loads it (see :meth:`attach`). Changes are found by comparing the
-    serialized data with what was loaded, so ``session["cart"].append(x)``
-    counts without ``session.modified = True``.
+    and loads it (see :meth:`attach`). ``session["cart"].append(x)`` counts
+    without ``session.modified = True``: once a container (dict, list,
+    tuple) of the session was handed out, through any accessor, changes are
+    found by comparing the serialized data with what was loaded. A session
+    that was neither written nor handed a container cannot have changed, and
+    is not serialized at all.
 
     :param opener: Called with this session on first touch.
     """
@@ -95,6 +126,16 @@ class BridgeSession(SessionMixin):
         #: data differ, but the session is then created if new.
         self.modified = False
         self.accessed = False
+        #: A container of the data was handed out: it may have changed in
+        #: place, so only a comparison tells.
+        self._lent = False
+        #: The data hold only JSON's own types: loaded without a tag and
+        #: given only scalars since, so a dump needs no check of every value.
+        self._plain = True
+        #: Where each top-level value lies in :attr:`stored`, and the keys
+        #: written since: a dump reuses the text of the others.
+        self._spans: dict[str, tuple[int, int]] | None = None
+        self._written: set[str] | None = None
         #: Why the session ended in this request or event, if it did.
         self.ended: str | None = None
         #: ``clear()`` was called on the stored session: it ends at write-back
@@ -140,11 +181,16 @@ class BridgeSession(SessionMixin):
         """Fill the session from a store record (or make it empty)."""
         self._sid = session_id
         self.lock_token = lock_token
+        self._lent = False
+        self._written = None
         if record is None:
             self.stored = None
             self._data = {}
+            self._plain = True
+            self._spans = None
         else:
-            self._data = deserialize(record.data)
+            self._data, self._spans = _load_record(record.data)
+            self._plain = serialization.is_plain_text(record.data)
             self._client_id = record.client_id
             self.stored = record.data
             self.loaded_permanent = bool(self._data.get("_permanent", False))
@@ -158,12 +204,16 @@ class BridgeSession(SessionMixin):
         self.lock_token = None
         self.cleared = False
         self._data = {}
+        self._plain = True
+        self._spans = None
         self.writable = self.allocate is not None
 
     def replace(self, data: dict[str, t.Any], max_age: float | None) -> None:
         """Replace the data of this loaded session; saved at write-back."""
         self._write()
         self._data = data
+        self._plain = False
+        self._spans = None
         self.max_age = max_age
         self.modified = True
 
@@ -197,8 +247,21 @@ class BridgeSession(SessionMixin):
 
     def changed_payload(self) -> str | None:
         """The serialized data if they differ from the stored ones."""
-        raw = serialize(self._load())
-        return None if raw == self.stored else raw
+        data = self._load()
+        if self.stored is not None and not self.modified and not self._lent:
+            return None
+        if not self._plain or self._lent:
+            raw = serialize(data)
+        elif self._spans is not None and self.stored is not None:
+            # Only top-level keys were written: the rest is the stored text.
+            raw = serialization.splice(self.stored, self._spans, data, self._written or ())
+        else:
+            # Plain data that lent no container need no check of every value.
+            raw = serialize_plain(data)
+        if raw == self.stored:
+            return None
+        self._spans = None  # about to be stored: the spans are of the old text
+        return raw
 
     # -- the mapping -----------------------------------------------------
 
@@ -214,16 +277,33 @@ class BridgeSession(SessionMixin):
         return data
 
     def __getitem__(self, key: str) -> t.Any:
-        return self._load()[key]
+        # Every read of a value goes through here or :meth:`get`, the
+        # mapping mixins' ``setdefault``, ``pop``, ``values`` and ``items``
+        # included.
+        value = self._load()[key]
+        if type(value) in _CONTAINERS:
+            self._lent = True
+        return value
 
     def __setitem__(self, key: str, value: t.Any) -> None:
         data = self._write()
         _check_value(key, value)
+        if value is not None and type(value) not in _SCALARS:
+            self._plain = False
+        elif self._spans is not None:
+            self._wrote(key)
         data[key] = value
         self.modified = True
 
+    def _wrote(self, key: str) -> None:
+        if self._written is None:
+            self._written = set()
+        self._written.add(key)
+
     def __delitem__(self, key: str) -> None:
         del self._write()[key]
+        if self._spans is not None:
+            self._wrote(key)
         self.modified = True
 
     def __iter__(self) -> t.Iterator[str]:
@@ -236,7 +316,10 @@ class BridgeSession(SessionMixin):
         return key in self._load()
 
     def get(self, key: str, default: t.Any = None) -> t.Any:
-        return self._load().get(key, default)
+        value = self._load().get(key, default)
+        if type(value) in _CONTAINERS:
+            self._lent = True
+        return value
 
     def clear(self) -> None:
         data = self._load()
@@ -251,8 +334,12 @@ class BridgeSession(SessionMixin):
             self.modified = True
 
     def copy(self) -> dict[str, t.Any]:
-        """A plain dict copy of the data."""
-        return dict(self._load())
+        """A plain dict copy of the data (a shallow one: it shares the
+        containers).
+        """
+        data = self._load()  # first: loading resets the flag
+        self._lent = True
+        return dict(data)
 
     def __repr__(self) -> str:
         if self._data is None:
