@@ -33,6 +33,9 @@ class StoreUnavailable(SessionBridgeError):
     """The session store could not be reached or gave an error.
 
     :param original_error: The driver's exception.
+    :param outcome_unknown: The store may have applied the write before it
+        failed (a reply that never came, replicas that did not confirm in
+        time): the caller cannot say "not saved", only "unknown".
     """
 
     def __init__(
@@ -40,10 +43,13 @@ class StoreUnavailable(SessionBridgeError):
         message: str,
         session_id: str | None = None,
         original_error: BaseException | None = None,
+        outcome_unknown: bool = False,
     ) -> None:
         super().__init__(message, session_id)
         #: The driver's exception, if there was one.
         self.original_error = original_error
+        #: Whether the write this error ended may have been applied.
+        self.outcome_unknown = outcome_unknown
 
 
 class SessionValueError(SessionBridgeError, TypeError):

@@ -140,12 +140,19 @@ class BridgeSessionInterface(SessionInterface):
             dump_cookie(self.get_cookie_name(app), "", **flags)
             saved = state.commit(session, link=True)
         except (StoreUnavailable, SessionLockTimeout) as e:
-            # The response was made, but its session changes were not saved:
-            # say so rather than let the client believe they were.
-            logger.error("session not saved: %s", e)
+            # The response was made, but its session changes were not saved
+            # (or may not have been): say so rather than let the client
+            # believe they were.
+            unknown = getattr(e, "outcome_unknown", False)
+            logger.error("session %s: %s", "outcome unknown" if unknown else "not saved", e)
             response.status_code = 503
             response.headers["Retry-After"] = "1"
-            response.set_data("Session temporarily unavailable; please retry.\n")
+            response.set_data(
+                "Session store unavailable: whether this request's session changes"
+                " were saved is unknown; reload before retrying.\n"
+                if unknown
+                else "Session temporarily unavailable; nothing was saved; please retry.\n"
+            )
             response.mimetype = "text/plain"
             return
         finally:

@@ -174,7 +174,10 @@ def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None])
             return dispatch(event.run, message, namespace, sid, *args)
         except SessionBridgeError as e:
             logger.warning("socket event %r failed: %s", message, e)
-            return {"error": type(e).__name__, "message": str(e)}
+            answer = {"error": type(e).__name__, "message": str(e)}
+            if getattr(e, "outcome_unknown", False):
+                answer["outcome"] = "unknown"  # the write may have been applied
+            return answer
         finally:
             _current.reset(context)
             if session.loaded:

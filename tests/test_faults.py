@@ -306,3 +306,59 @@ def test_a_renewed_lock_outlives_its_lease(flaky_redis):
     time.sleep(0.6)  # no renewal: the lease runs out
     assert not store.renew("long-work", token, 0.5)
     store.lock("long-work", 5, 0.2)
+
+
+def test_a_save_its_replica_did_not_confirm_says_the_outcome_is_unknown(flaky_redis):
+    # With wait_replicas, a save that the replica does not confirm in time is
+    # applied on the master all the same: the answer must not say "not
+    # saved" (a retry would apply it twice), but that the outcome is unknown.
+    import redis
+
+    replica = RedisServer()
+    replica.start()
+    try:
+        follower = redis.Redis.from_url(replica.url)
+        follower.replicaof("127.0.0.1", flaky_redis.port)
+        deadline = time.monotonic() + 10
+        while follower.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica never synced"
+            time.sleep(0.05)
+        store = RedisStore(flaky_redis.url, wait_replicas=1, wait_timeout=0.3)
+        app, socketio, _bridge = create_app(store)
+
+        def silence_replica() -> None:
+            os.kill(replica.process.pid, signal.SIGSTOP)
+
+        @app.post("/inc-unconfirmed")
+        def inc_unconfirmed():
+            from flask import session
+
+            session["n"] = session.get("n", 0) + 1
+            silence_replica()  # the save's WAIT goes out after this returns
+            return "written?"
+
+        @socketio.on("inc-unconfirmed")
+        def socket_inc_unconfirmed():
+            from flask import session
+
+            session["n"] = session.get("n", 0) + 1
+            silence_replica()
+            return "written?"
+
+        client = app.test_client()
+        client.post("/login/alice")
+        assert client.post("/inc").json == {"n": 1}
+        response = client.post("/inc-unconfirmed")
+        assert response.status_code == 503
+        assert b"unknown" in response.data and b"nothing was saved" not in response.data
+        os.kill(replica.process.pid, signal.SIGCONT)
+        assert client.get("/me").json["n"] == 2  # the master had applied it
+        sc = socketio.test_client(app, flask_test_client=client)
+        answer = sc.emit("inc-unconfirmed", callback=True)
+        assert answer["error"] == "StoreUnavailable" and answer["outcome"] == "unknown"
+        os.kill(replica.process.pid, signal.SIGCONT)
+        assert sc.emit("whoami", callback=True)["n"] == 3
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+        replica.stop()
+

@@ -486,7 +486,8 @@ class RedisStore:
             # The master has the write; a failover may lose it or keep it.
             raise StoreUnavailable(
                 f"Redis store: {replies[-1]} of {self.wait_replicas} replicas"
-                f" confirmed the write within {self.wait_timeout:g}s (outcome unknown)"
+                f" confirmed the write within {self.wait_timeout:g}s",
+                outcome_unknown=True,
             )
         return replies[: len(steps)]
 
@@ -598,8 +599,11 @@ class RedisStore:
         steps.extend(self._index_steps(session_id, record, old, age))
         try:
             reply, before, *_ = self._round_trip(steps, self.wait_replicas > 0)
-        except StoreUnavailable:
+        except StoreUnavailable as e:
             self._remember_unsure(session_id, token)
+            # The fence keeps Redis from applying the save later, but it may
+            # have run before the reply was lost.
+            e.outcome_unknown = True
             raise
         if reply < 0 and link:
             undo: list[str | int] = [session_id, "" if before is None else _text(before), age]
