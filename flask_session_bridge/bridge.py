@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import typing as t
 from datetime import timedelta
 from weakref import WeakKeyDictionary
@@ -25,6 +24,7 @@ from .exceptions import StoreUnavailable
 from .interface import BridgeSessionInterface
 from .interface import http_session
 from .interface import issue_token
+from .logging import logger
 from .session import BridgeSession
 from .session import deserialize
 from .session import serialize
@@ -43,8 +43,6 @@ if t.TYPE_CHECKING:
     from flask_socketio import SocketIO
 
     from .stores.base import Store
-
-logger = logging.getLogger("flask_session_bridge")
 
 class SessionBridge:
     """One server-side session for Flask views and Flask-SocketIO handlers.

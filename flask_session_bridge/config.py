@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
 import typing as t
 from datetime import timedelta
 
 from socketio import PubSubManager
 
+from .logging import logger
 from .stores.memory import MemoryStore
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from flask_socketio import SocketIO
-
-logger = logging.getLogger("flask_session_bridge")
 
 PREFIX = "SESSION_BRIDGE_"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import typing as t
 from datetime import datetime
 from datetime import timedelta
@@ -12,9 +11,11 @@ from flask.sessions import SessionInterface
 from itsdangerous import BadSignature
 from werkzeug.http import dump_cookie
 
+from . import internals
 from . import tokens
 from .exceptions import SessionLockTimeout
 from .exceptions import StoreUnavailable
+from .logging import logger
 from .session import BridgeSession
 from .sockets import current_socket_session
 
@@ -24,8 +25,6 @@ if t.TYPE_CHECKING:
     from flask import Response
 
     from .state import AppState
-
-logger = logging.getLogger("flask_session_bridge")
 
 #: Key in the request's WSGI environ holding the HTTP session.
 ENVIRON_KEY = "flask_session_bridge.session"
@@ -117,7 +116,7 @@ class BridgeSessionInterface(SessionInterface):
                     value, max_age=state.client_lifetime, return_timestamp=True
                 )
             except BadSignature:
-                tokens.logger.warning("refused a client cookie with a bad or expired signature")
+                logger.warning("refused a client cookie with a bad or expired signature")
             else:
                 # Signed with a fallback key: roll it now (rule 10).
                 fallback = tokens.signed_with_fallback(signer, value)
@@ -245,8 +244,6 @@ def wire_late(
 
     state.socketio = socketio
     install(socketio, get_state)
-    # The event running now was dispatched before the wrapper existed;
-    # Flask-SocketIO checks manage_session after opening the session.
-    socketio.manage_session = False
-    server = socketio.server
-    return server is not None and any(e is request.environ for e in server.environ.values())
+    # The event running now was dispatched before the wrapper existed.
+    internals.stop_managing_sessions(socketio)
+    return internals.is_socket_environ(socketio, request.environ)

@@ -11,18 +11,16 @@ an event nothing but two dict operations.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 import typing as t
 
 from .exceptions import SessionBridgeError
+from .logging import logger
 
 if t.TYPE_CHECKING:
     from .stores.base import Store
-
-logger = logging.getLogger("flask_session_bridge")
 
 
 class Leases:

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
 import typing as t
 
 from flask import request
-from flask_socketio import ConnectionRefusedError
+from flask_socketio import ConnectionRefusedError as SocketRefused
 from werkzeug.sansio.http import parse_cookie
 
+from . import internals
 from . import tokens
 from . import users
 from .exceptions import SessionBridgeError
 from .exceptions import SessionMissing
 from .exceptions import StoreUnavailable
+from .logging import logger
 from .login import remember_cookie_name
 from .session import BridgeSession
 from .state import room_name
@@ -39,8 +40,6 @@ if t.TYPE_CHECKING:
     from flask_socketio import SocketIO
 
     from .state import AppState
-
-logger = logging.getLogger("flask_session_bridge")
 
 #: Key in the socket's WSGI environ: ``{namespace: SocketState}``.
 _ENVIRON_KEY = "flask_session_bridge.sockets"
@@ -125,7 +124,7 @@ class _Event:
                 # ConnectionRefusedError is the one exception that
                 # Flask-SocketIO lets through an on_error handler.
                 logger.warning("refused a socket: %s", e)
-                raise ConnectionRefusedError(_refusal(e)) from e
+                raise SocketRefused(_refusal(e)) from e
         # Written back: keeps Flask-SocketIO from calling save_session.
         session.modified = False
         return result
@@ -135,12 +134,18 @@ def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None])
     """Wrap ``socketio``'s event dispatch so every event gets the bridge's
     session, and make sure every namespace's connect goes through it.
     """
-    # Flask-SocketIO has no public hook around its dispatch; every handler it
-    # registers (decorated, class-based, catch-all) calls ``_handle_event``
-    # on the instance, whenever it was registered, so this is the one place.
-    dispatch = socketio._handle_event
-    if getattr(dispatch, "session_bridge", False):
-        return
+    internals.wrap_dispatch(socketio, lambda dispatch: _dispatcher(socketio, get_state, dispatch))
+    _ensure_connect_handler(socketio)
+
+
+def _dispatcher(
+    socketio: SocketIO,
+    get_state: t.Callable[[t.Any], AppState | None],
+    dispatch: internals.Dispatch,
+) -> internals.Dispatch:
+    """Flask-SocketIO's ``dispatch``, with the bridge's session around each
+    event.
+    """
 
     def handle_event(
         handler: t.Callable[..., t.Any], message: str, namespace: str, sid: str, *args: t.Any
@@ -151,9 +156,7 @@ def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None])
         if state is None:
             return dispatch(handler, message, namespace, sid, *args)
         assert environ is not None
-        # With manage_session, Flask-SocketIO would copy the session at
-        # connect and never save it; the bridge manages it instead.
-        socketio.manage_session = False
+        internals.stop_managing_sessions(socketio)
         sockets = environ.get(_ENVIRON_KEY)
         if sockets is None:
             sockets = environ[_ENVIRON_KEY] = {}
@@ -184,9 +187,7 @@ def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None])
                 sock.connecting = False
             state.abandon(session)
 
-    handle_event.session_bridge = True  # type: ignore[attr-defined]
-    socketio._handle_event = handle_event
-    _ensure_connect_handler(socketio)
+    return handle_event
 
 
 def _refusal(error: SessionBridgeError) -> str:
@@ -201,16 +202,11 @@ def _ensure_connect_handler(socketio: SocketIO) -> None:
     # python-socketio calls no handler at all for a namespace without a
     # connect handler, so the bridge registers a catch-all one; it passes the
     # connect on to a class-based namespace, which a function handler hides.
-    registered = socketio.server.handlers if socketio.server else {}
-    if "connect" in registered.get("*", {}) or any(
-        h[0] == "connect" and h[2] == "*" for h in socketio.handlers
-    ):
+    if internals.has_catch_all_connect(socketio):
         return
 
     def connect(auth: t.Any = None) -> t.Any:
-        server = socketio.server
-        handlers = server.namespace_handlers
-        handler = handlers.get(request.namespace) or handlers.get("*")  # type: ignore[attr-defined]
+        handler = internals.namespace_handler(socketio, request.namespace)  # type: ignore[attr-defined]
         on_connect = getattr(handler, "on_connect", None)
         if on_connect is None:
             return None
@@ -236,7 +232,7 @@ def _present(state: AppState, environ: dict[str, t.Any], args: tuple[t.Any, ...]
     if isinstance(auth, dict) and "session_token" in auth:
         ids = tokens.load_socket_token(app, auth["session_token"], state.socket_token_lifetime)
         if ids is None:
-            raise ConnectionRefusedError("invalid session token")
+            raise SocketRefused("invalid session token")
         sock.client_id, sock.session_id, sock.nonce = ids
         return sock
     header = environ.get("HTTP_COOKIE", "")
@@ -300,7 +296,7 @@ def _open(
         if not sock.connecting:
             _leave(state, session_id, sid, namespace)
     if sock.connecting and sock.nonce is not None:
-        raise ConnectionRefusedError("invalid session token")
+        raise SocketRefused("invalid session token")
     session.attach(None, None, None)
     session.writable = False
     session.client_id = sock.client_id

@@ -4,13 +4,14 @@ events and background tasks: lock and load, write back, end.
 
 from __future__ import annotations
 
-import logging
 import typing as t
 
+from . import internals
 from . import signals
 from . import users
 from .exceptions import StoreUnavailable
 from .leases import Leases
+from .logging import logger
 from .stores.base import Record
 
 if t.TYPE_CHECKING:
@@ -19,8 +20,6 @@ if t.TYPE_CHECKING:
 
     from .session import BridgeSession
     from .stores.base import Store
-
-logger = logging.getLogger("flask_session_bridge")
 
 Validator = t.Callable[["BridgeSession"], bool]
 
@@ -228,10 +227,10 @@ class AppState:
         if server is None:
             return
         room = room_name(session_id)
-        for namespace in namespaces(server):
+        for namespace in internals.namespaces(server):
             server.emit("session_ended", {"reason": reason}, to=room, namespace=namespace)
             if self.socket_missing == "reject":
-                for sid, _ in list(server.manager.get_participants(namespace, room)):
+                for sid in internals.participants(server.manager, room, namespace):
                     server.disconnect(sid, namespace=namespace)
             server.close_room(room, namespace=namespace)
 
@@ -241,10 +240,3 @@ def room_name(session_id: str) -> str:
     return f"session:{session_id}"
 
 
-def namespaces(server: t.Any) -> set[str]:
-    """The namespaces sockets can be in: ``/`` and every one with handlers."""
-    found = {"/"}
-    found.update(server.handlers)
-    found.update(server.namespace_handlers)
-    found.discard("*")
-    return found

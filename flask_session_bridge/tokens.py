@@ -8,7 +8,6 @@ public id, a SHA-256 of the token, so a leaked store or log opens no session.
 from __future__ import annotations
 
 import hashlib
-import logging
 import secrets
 import typing as t
 
@@ -18,10 +17,10 @@ from itsdangerous import Signer
 from itsdangerous import TimestampSigner
 from itsdangerous import URLSafeTimedSerializer
 
+from .logging import logger
+
 if t.TYPE_CHECKING:
     from flask import Flask
-
-logger = logging.getLogger("flask_session_bridge")
 
 #: Longer cookie values are refused before any signature check.
 MAX_COOKIE_VALUE = 200

@@ -4,14 +4,16 @@ it (:class:`SessionInfo`), and the Socket.IO room of all a user's sockets.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import typing as t
 from datetime import datetime
 from datetime import timezone
 
 from flask import has_request_context
 from flask import request
+
+from . import internals
 
 if t.TYPE_CHECKING:
     from .session import BridgeSession
@@ -99,35 +101,19 @@ def join(server: t.Any, user_id: str, sid: str, namespace: str) -> None:
     """Put a socket in its user's room, and make sure it leaves it when its
     session's room closes.
     """
-    _watch_session_rooms(server.manager)
+    internals.on_room_close(server.manager, functools.partial(_session_room_closed, server.manager))
     server.enter_room(sid, room_name(user_id), namespace=namespace)
 
 
 def leave(manager: t.Any, sid: str, namespace: str) -> None:
     """Take a socket out of every user room it is in (its session ended)."""
-    for room in manager.get_rooms(sid, namespace):
-        if isinstance(room, str) and room.startswith("user:"):
-            manager.basic_leave_room(sid, namespace, room)
+    internals.leave_rooms(manager, sid, namespace, "user:")
 
 
-def _watch_session_rooms(manager: t.Any) -> None:
+def _session_room_closed(manager: t.Any, room: str, namespace: str) -> None:
     # A session ends with ``close_room`` of its room (state.notify_ended),
-    # which a pubsub manager (Redis, Kafka...) runs on every worker; but a
-    # worker cannot list another's sockets, so the user room cannot be left
-    # from the worker that ended the session. python-socketio has no hook
-    # for "room closed": every manager (5.11.2 to now) closes a room here,
-    # locally and for messages from other workers, so the sockets of the
-    # closing session room leave their user room here too, on each worker.
-    close = manager.basic_close_room
-    if getattr(close, "session_bridge", False):
-        return
-
-    def basic_close_room(room: t.Any, namespace: str) -> t.Any:
-        if isinstance(room, str) and room.startswith("session:"):
-            with contextlib.suppress(KeyError):  # no such room here
-                for sid, _ in list(manager.get_participants(namespace, room)):
-                    leave(manager, sid, namespace)
-        return close(room, namespace)
-
-    basic_close_room.session_bridge = True  # type: ignore[attr-defined]
-    manager.basic_close_room = basic_close_room
+    # run on every worker under a message queue; a worker cannot list
+    # another's sockets, so each leaves the user rooms of its own here.
+    if room.startswith("session:"):
+        for sid in internals.participants(manager, room, namespace):
+            leave(manager, sid, namespace)
