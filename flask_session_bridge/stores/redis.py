@@ -352,6 +352,11 @@ class RedisStore:
             self.client: redis.Redis | redis.RedisCluster = redis.Redis(connection_pool=pool)
         else:
             self.client = client_or_url
+        # redis-py's cluster client forgets each start-up node a connection
+        # to failed; with every node down once, it has none left and never
+        # reconnects. The store gives them back after each failure.
+        nodes = getattr(getattr(self.client, "nodes_manager", None), "startup_nodes", None)
+        self._startup_nodes = dict(nodes) if nodes else {}
         self.prefix = prefix
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
@@ -451,6 +456,8 @@ class RedisStore:
         try:
             return work()
         except self._errors as e:
+            if self._startup_nodes:
+                self.client.nodes_manager.startup_nodes.update(self._startup_nodes)  # type: ignore[union-attr]
             raise StoreUnavailable(f"Redis store: {e}", original_error=e) from e
 
     def _round_trip(
