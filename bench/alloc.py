@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shutil
-import subprocess
 import time
 import tracemalloc
 import typing as t
 
-import redis
-from inprocess import free_port
+from inprocess import redis_server
 from inprocess import versions
 from sizes import anchor_app
 from sizes import bridge_app
@@ -71,20 +68,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=0)
     args = parser.parse_args()
     print("alloc:", versions())
-    port = free_port()
-    server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        for _ in range(100):
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+    with redis_server() as url:
         memory = Client(bridge_app(MemoryStore()), args.size)
         bridge = Client(bridge_app(RedisStore(url, prefix="alloc:")), args.size)
         anchor = Client(anchor_app(url, "alloc-anchor:"), args.size)
@@ -101,9 +85,6 @@ def main() -> None:
         ):
             young, blocks, cpu = per_event(op, args.events)
             print(f"{name:<16} {young:13.1f} {blocks:10.1f} {cpu:8.0f}")
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ Redis round trip.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import platform
 import shutil
@@ -91,6 +92,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def redis_server() -> t.Iterator[str]:
+    """A redis-server of the benchmark's own on a free loopback port; yields
+    its URL once it answers, and stops it by pid.
+    """
+    port = free_port()
+    server = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port),
+         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        for _ in range(100):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def versions() -> str:
@@ -281,28 +307,13 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=1000, help="operations per round")
     args = parser.parse_args()
     print("in-process:", versions())
-    port = free_port()
-    server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
     folder = tempfile.mkdtemp(prefix="bench-")
     try:
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        report(measure(operations(url, client, folder), args.rounds, args.ops), args.ops)
+        with redis_server() as url:
+            client = redis.Redis.from_url(url)
+            report(measure(operations(url, client, folder), args.rounds, args.ops), args.ops)
     finally:
-        server.terminate()
-        server.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

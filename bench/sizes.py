@@ -20,11 +20,8 @@ dicts (a cart) filling it to about that many bytes of JSON.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import typing as t
@@ -34,7 +31,7 @@ from flask import Flask
 from flask import session
 from flask_socketio import SocketIO
 from inprocess import check
-from inprocess import free_port
+from inprocess import redis_server
 from inprocess import versions
 
 from flask_session_bridge import MemoryStore
@@ -238,28 +235,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30, help="increments per socket")
     args = parser.parse_args()
     print("sizes:", versions())
-    port = free_port()
-    server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    folder = tempfile.mkdtemp(prefix="bench-")
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+    with redis_server() as url:
         sizes_table(url, [int(s) for s in args.sizes.split(",")], args.rounds)
         contention(url, [int(s) for s in args.sockets.split(",")], args.events)
-    finally:
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
     sys.stdout.flush()
 
 

@@ -172,6 +172,20 @@ def redis_server():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def workers(redis_server):
+    """Two eventlet workers on Redis (store and message queue), started once
+    per module: every test uses browsers of its own.
+    """
+    started = [
+        LiveServer("eventlet", redis_server.url, message_queue=redis_server.url)
+        for _ in range(2)
+    ]
+    yield started
+    for server in started:
+        server.stop()
+
+
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request, tmp_path):
     """Each store kind, empty, for one test."""

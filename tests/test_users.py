@@ -14,7 +14,6 @@ from datetime import timezone
 
 import pytest
 from conftest import create_app
-from conftest import LiveServer
 from flask import session
 
 from flask_session_bridge import MemoryStore
@@ -356,17 +355,6 @@ def test_cleanup_announces_expiry_to_sockets_on_every_store(clocked):
 
 
 # -- two workers on Redis -------------------------------------------------------
-
-
-@pytest.fixture
-def workers(redis_server):
-    started = [
-        LiveServer("eventlet", redis_server.url, message_queue=redis_server.url)
-        for _ in range(2)
-    ]
-    yield started
-    for server in started:
-        server.stop()
 
 
 def test_destroy_by_user_on_one_worker_reaches_sockets_on_the_other(workers, browser_factory):

@@ -6,20 +6,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-from conftest import LiveServer
-
-
-@pytest.fixture
-def workers(redis_server):
-    started = [
-        LiveServer("eventlet", redis_server.url, message_queue=redis_server.url)
-        for _ in range(2)
-    ]
-    yield started
-    for server in started:
-        server.stop()
-
 
 def test_login_on_one_worker_is_entered_by_a_socket_opened_on_another(workers, browser_factory):
     a, b = workers
