@@ -32,6 +32,34 @@ def wrap_dispatch(socketio: SocketIO, wrap: t.Callable[[Dispatch], Dispatch]) ->
     socketio._handle_event = wrapped
 
 
+def on_background_task_error(
+    socketio: SocketIO, handle: t.Callable[[BaseException], None]
+) -> None:
+    """Call ``handle(error)`` when a task started with
+    ``socketio.start_background_task`` raises, before the error goes on as
+    before. Flask-SocketIO has no hook for it; the method is wrapped on the
+    instance, once.
+    """
+    start = socketio.start_background_task
+    if getattr(start, "session_bridge", False):
+        return
+
+    def start_background_task(
+        target: t.Callable[..., t.Any], *args: t.Any, **kwargs: t.Any
+    ) -> t.Any:
+        def run(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            try:
+                return target(*args, **kwargs)
+            except BaseException as e:
+                handle(e)
+                raise
+
+        return start(run, *args, **kwargs)
+
+    start_background_task.session_bridge = True  # type: ignore[attr-defined]
+    socketio.start_background_task = start_background_task
+
+
 def stop_managing_sessions(socketio: SocketIO) -> None:
     """Keep Flask-SocketIO from handling sessions itself. With
     ``manage_session`` it copies the session at connect and never saves it;

@@ -135,7 +135,20 @@ def install(socketio: SocketIO, get_state: t.Callable[[t.Any], AppState | None])
     session, and make sure every namespace's connect goes through it.
     """
     internals.wrap_dispatch(socketio, lambda dispatch: _dispatcher(socketio, get_state, dispatch))
+    internals.on_background_task_error(socketio, _explain_task_error)
     _ensure_connect_handler(socketio)
+
+
+def _explain_task_error(error: BaseException) -> None:
+    # A background task has no request and no socket event, so Flask's
+    # ``session`` is not there; Flask's own message does not say what to do.
+    if isinstance(error, RuntimeError) and "outside of request context" in str(error):
+        logger.error(
+            "a background task used flask.session, which exists only in a request or"
+            " a socket event: open the session by id with"
+            " `with bridge.session_scope(session_id) as session:` (keep the id from"
+            " session.sid in the request or event that started the task)"
+        )
 
 
 def _dispatcher(

@@ -116,3 +116,34 @@ def test_another_session_interface_installed_later_is_named_at_the_first_request
         "SecureCookieSessionInterface" in r.getMessage() and "Flask-Session" in r.getMessage()
         for r in caplog.records
     )
+
+
+# The task's error goes on to the thread, as it did before the bridge.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_session_in_a_background_task_points_to_session_scope(caplog):
+    # Flask's own error ("Working outside of request context") does not say
+    # what to do; the bridge's log line does.
+    app, socketio, bridge = create_app(MemoryStore())
+    failures = []
+
+    def task():
+        try:
+            session.get("user")
+        except RuntimeError as e:
+            failures.append(e)
+            raise
+
+    with caplog.at_level(logging.ERROR, logger="flask_session_bridge"):
+        thread = socketio.start_background_task(task)
+        thread.join(10)
+    assert failures, "the task did not fail as Flask fails outside a request"
+    assert any("bridge.session_scope(session_id)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_background_task_that_works_is_left_alone(caplog):
+    app, socketio, bridge = create_app(MemoryStore())
+    done = []
+    thread = socketio.start_background_task(done.append, 42)
+    thread.join(10)
+    assert done == [42]
+    assert not [r for r in caplog.records if r.name == "flask_session_bridge"]
