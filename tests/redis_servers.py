@@ -197,6 +197,10 @@ class SentinelSet:
             == self.replicas,
             30, "replica in sync",
         )
+        # With min-replicas-to-write, "online" is not yet enough: the master
+        # takes writes once the replica's first acknowledgement counts it.
+        wait_until(lambda: cli(self.servers[0].port, "SET", "probe", "1").strip() == "OK",
+                   30, "the master taking writes")
         self.sentinel.start()
         wait_until(lambda: "num-slaves" in cli(self.sentinel_port, "SENTINEL", "MASTER",
                                                self.name) and self.replicas_known(),
