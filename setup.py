@@ -42,6 +42,7 @@ setup(
             "gunicorn>=23,<25",
             "pytest>=8",
             "pytest-timeout",
+            "pytest-xdist",
             "redis>=5.0",
             "requests",
             "websocket-client",
