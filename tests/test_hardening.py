@@ -856,3 +856,43 @@ def test_a_falsy_store_object_is_used_not_replaced():
     app, socketio, bridge = create_app(store)
     sid = app.test_client().post("/login/alice").json["sid"]
     assert store.get(sid) is not None
+
+
+def test_a_handler_running_past_its_lease_keeps_the_lock(store):
+    # The lease (lock_expire) frees a crashed holder's lock; a holder still
+    # working renews it. Without renewal the second request would take the
+    # lock mid-handler and the first one's write-back would fail (or lose
+    # the second's increment).
+    app, socketio, bridge = create_app(store, lock_expire=0.6, lock_timeout=20)
+    entered, finish = threading.Event(), threading.Event()
+
+    @app.post("/slow-inc")
+    def slow_inc():
+        n = session.get("n", 0)
+        entered.set()
+        finish.wait(20)
+        session["n"] = n + 1
+        return {"n": session["n"]}
+
+    login = app.test_client()
+    login.post("/login/alice")
+    header = "; ".join(f"{n}={login.get_cookie(n).value}" for n in ("session", "session.cid"))
+    answers = {}
+
+    def post(path):
+        client = app.test_client(use_cookies=False)
+        answers[path] = client.post(path, headers={"Cookie": header})
+
+    slow = threading.Thread(target=post, args=("/slow-inc",))
+    slow.start()
+    assert entered.wait(10)
+    time.sleep(2.0)  # more than three leases: only renewal keeps the lock
+    fast = threading.Thread(target=post, args=("/inc",))
+    fast.start()
+    time.sleep(0.3)  # the second request is waiting for the lock
+    finish.set()
+    slow.join(20)
+    fast.join(20)
+    assert answers["/slow-inc"].status_code == 200
+    assert answers["/inc"].status_code == 200
+    assert login.get("/me").json["n"] == 2
