@@ -13,6 +13,8 @@ from .exceptions import SessionMissing
 from .exceptions import SessionValueError
 
 if t.TYPE_CHECKING:
+    from .serialization import LoadCache
+    from .serialization import Loaded
     from .stores.base import Record
 
 
@@ -136,6 +138,11 @@ class BridgeSession(SessionMixin):
         #: written since: a dump reuses the text of the others.
         self._spans: dict[str, tuple[int, int]] | None = None
         self._written: set[str] | None = None
+        #: The cached load whose containers :attr:`_data` still shares;
+        #: each is swapped for a fresh decode before it is handed out.
+        self._shared: Loaded | None = None
+        #: What the cache may keep once :attr:`stored` is saved.
+        self.cacheable: Loaded | None = None
         #: Why the session ended in this request or event, if it did.
         self.ended: str | None = None
         #: ``clear()`` was called on the stored session: it ends at write-back
@@ -176,24 +183,49 @@ class BridgeSession(SessionMixin):
         return self._data
 
     def attach(
-        self, session_id: str | None, record: Record | None, lock_token: str | None
+        self,
+        session_id: str | None,
+        record: Record | None,
+        lock_token: str | None,
+        cache: LoadCache | None = None,
     ) -> None:
-        """Fill the session from a store record (or make it empty)."""
+        """Fill the session from a store record (or make it empty); a
+        ``cache`` saves decoding a large record again.
+        """
         self._sid = session_id
         self.lock_token = lock_token
         self._lent = False
         self._written = None
+        self._shared = self.cacheable = None
         if record is None:
             self.stored = None
             self._data = {}
             self._plain = True
             self._spans = None
         else:
-            self._data, self._spans = _load_record(record.data)
-            self._plain = serialization.is_plain_text(record.data)
+            self._data = data = self._decode(session_id, record.data, cache)
             self._client_id = record.client_id
             self.stored = record.data
-            self.loaded_permanent = bool(self._data.get("_permanent", False))
+            self.loaded_permanent = bool(data.get("_permanent", False))
+
+    def _decode(
+        self, session_id: str | None, raw: str, cache: LoadCache | None
+    ) -> dict[str, t.Any]:
+        """Decode a stored record; a large plain one through ``cache``."""
+        if cache is None or session_id is None or len(raw) < cache.smallest:
+            data, self._spans = _load_record(raw)
+            self._plain = serialization.is_plain_text(raw)
+            return data
+        entry = cache.get(session_id, raw)
+        if entry is None:
+            data, self._spans = _load_record(raw)
+            self._plain = serialization.is_plain_text(raw)
+            if self._spans is None:
+                return data
+            entry = serialization.Loaded(raw, data, self._spans)
+            cache.put(session_id, entry)
+        self._spans, self._plain, self._shared = entry.spans, True, entry
+        return dict(entry.data)
 
     def detach(self) -> None:
         """Forget the stored session: it ended, the data are gone. Over HTTP
@@ -206,6 +238,7 @@ class BridgeSession(SessionMixin):
         self._data = {}
         self._plain = True
         self._spans = None
+        self._shared = None
         self.writable = self.allocate is not None
 
     def replace(self, data: dict[str, t.Any], max_age: float | None) -> None:
@@ -214,6 +247,7 @@ class BridgeSession(SessionMixin):
         self._data = data
         self._plain = False
         self._spans = None
+        self._shared = None
         self.max_age = max_age
         self.modified = True
 
@@ -254,7 +288,10 @@ class BridgeSession(SessionMixin):
             raw = serialize(data)
         elif self._spans is not None and self.stored is not None:
             # Only top-level keys were written: the rest is the stored text.
-            raw = serialization.splice(self.stored, self._spans, data, self._written or ())
+            raw, spans = serialization.splice(self.stored, self._spans, data, self._written or ())
+            if spans is not None and raw != self.stored:
+                # No container was handed out: nothing outside holds one.
+                self.cacheable = serialization.Loaded(raw, dict(data), spans)
         else:
             # Plain data that lent no container need no check of every value.
             raw = serialize_plain(data)
@@ -282,7 +319,18 @@ class BridgeSession(SessionMixin):
         # included.
         value = self._load()[key]
         if type(value) in _CONTAINERS:
-            self._lent = True
+            return self._lend(key, value)
+        return value
+
+    def _lend(self, key: str, value: t.Any) -> t.Any:
+        """Hand out a container of the data: a fresh one if the cached load
+        holds this very one, which nobody may change.
+        """
+        shared = self._shared
+        if shared is not None and shared.data.get(key) is value:
+            assert self._data is not None
+            value = self._data[key] = serialization.value_at(shared.text, shared.spans[key])
+        self._lent = True
         return value
 
     def __setitem__(self, key: str, value: t.Any) -> None:
@@ -318,7 +366,7 @@ class BridgeSession(SessionMixin):
     def get(self, key: str, default: t.Any = None) -> t.Any:
         value = self._load().get(key, default)
         if type(value) in _CONTAINERS:
-            self._lent = True
+            return self._lend(key, value)
         return value
 
     def clear(self) -> None:
@@ -338,6 +386,9 @@ class BridgeSession(SessionMixin):
         containers).
         """
         data = self._load()  # first: loading resets the flag
+        for key, value in data.items():
+            if type(value) in _CONTAINERS:
+                self._lend(key, value)
         self._lent = True
         return dict(data)
 

@@ -12,6 +12,7 @@ from . import users
 from .exceptions import StoreUnavailable
 from .leases import Leases
 from .logging import logger
+from .serialization import LoadCache
 from .stores.base import Record
 
 if t.TYPE_CHECKING:
@@ -53,6 +54,8 @@ class AppState:
         self.regenerate_on_login = regenerate_on_login
         #: The locks this process holds, renewed while work runs.
         self.leases = Leases(store, lock_expire)
+        #: Decoded large records, so an unchanged one is not decoded again.
+        self.decoded = LoadCache()
         self.validators: list[Validator] = []
         self.cleanup_interval = 300.0
         #: Most sessions a user may have; a login beyond ends the least
@@ -89,6 +92,7 @@ class AppState:
     def delete(self, session_id: str, token: str) -> Record | None:
         """Remove a locked session and release its lock."""
         self.leases.drop(token)
+        self.decoded.drop(session_id)
         return self.store.delete(session_id, token)
 
     # -- loading ---------------------------------------------------------
@@ -99,7 +103,7 @@ class AppState:
         """
         token, record = self.lock(session_id)
         try:
-            session.attach(session_id, record, token)
+            session.attach(session_id, record, token, self.decoded)
         except ValueError as e:
             assert record is not None
             logger.error("session %s holds a corrupt record, ending it: %s", session_id, e)
@@ -159,6 +163,8 @@ class AppState:
         is_new = self.save(session_id, record, max_age, session.lock_token, link)
         session.lock_token = None
         session.stored = payload
+        if session.cacheable is not None:
+            self.decoded.put(session_id, session.cacheable)
         signals.session_saved.send(
             self.app, session_id=session_id, client_id=client_id, is_new=is_new
         )

@@ -171,8 +171,10 @@ def check_splice() -> None:
     changed, spans = loaded
     changed.update(n=2, new="x")
     del changed["none"]
-    out = serialization.splice(raw, spans, changed, {"n", "new", "none"})
+    out, out_spans = serialization.splice(raw, spans, changed, {"n", "new", "none"})
     assert out == session_json_serializer.dumps(changed)
+    # The spans of the new text are where a fresh scan puts them.
+    assert out_spans == serialization.load_spans(out)[1]
     # Text not in the encoder's own form is loaded the ordinary way.
     assert serialization.load_spans('{"a": 1}') is None
     assert serialization.load_spans('{"a":1}x') is None
@@ -185,3 +187,137 @@ def test_large_session_write_keeps_the_rest(connected):
     sc.emit("write", callback=True)
     sc.emit("write", callback=True)
     assert stored(store, sid) == {**before, "n": 2}
+
+
+# -- the cache of decoded large sessions --------------------------------------
+
+#: Plain data large enough to be kept decoded between events.
+FILLER = [{"id": i, "name": "item"} for i in range(200)]
+#: The mutations that apply to plain data (no tuple in JSON's own types).
+PLAIN_MUTATIONS = [name for name in MUTATIONS if "tuple" not in name]
+
+
+def make_large_app(store: MemoryStore) -> tuple[Flask, SocketIO, SessionBridge]:
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test"
+    socketio = SocketIO(app, async_mode="threading")
+    bridge = SessionBridge(app, socketio, store=store)
+    kept: list[object] = []
+
+    @app.post("/login")
+    def login() -> dict[str, object]:
+        session.update(user="alice", cart=[1, 2], prefs={"theme": {"dark": False}})
+        session["filler"] = FILLER
+        return {"sid": session.sid}
+
+    @socketio.on("mutate_then_fail")
+    def mutate_then_fail(name: str) -> None:
+        MUTATIONS[name](session)
+        raise RuntimeError("handler failed")
+
+    @socketio.on("mutate")
+    def mutate(name: str) -> None:
+        MUTATIONS[name](session)
+
+    @socketio.on("keep_cart")
+    def keep_cart() -> None:
+        kept.append(session["cart"])
+
+    @socketio.on("change_kept_cart")
+    def change_kept_cart() -> None:
+        kept[0].append(99)  # type: ignore[attr-defined]
+
+    @socketio.on("write")
+    def write() -> None:
+        session["n"] = session.get("n", 0) + 1
+
+    @socketio.on("data")
+    def data() -> object:
+        return dict(session)
+
+    socketio.on_error_default(lambda e: {"error": str(e)})
+    return app, socketio, bridge
+
+
+@pytest.fixture
+def large() -> tuple[MemoryStore, str, object, SessionBridge]:
+    store = MemoryStore()
+    app, socketio, bridge = make_large_app(store)
+    http = app.test_client()
+    sid = http.post("/login").json["sid"]
+    assert len(store.get(sid).data) >= serialization.LoadCache().smallest  # type: ignore[union-attr]
+    return store, sid, socketio.test_client(app, flask_test_client=http), bridge
+
+
+@pytest.mark.parametrize("name", PLAIN_MUTATIONS)
+def test_unsaved_mutation_of_a_cached_session_does_not_leak(large, name):
+    # A handler that changes a container in place and then fails saves
+    # nothing; the next event must see the stored data, not the decoded
+    # copy the failed handler changed.
+    store, sid, sc, _ = large
+    sc.emit("write", callback=True)  # the session is now decoded and kept
+    before = stored(store, sid)
+    assert sc.emit("mutate_then_fail", name, callback=True) == {"error": "handler failed"}
+    assert stored(store, sid) == before
+    assert sc.emit("data", callback=True) == before
+
+
+@pytest.mark.parametrize("name", PLAIN_MUTATIONS)
+def test_saved_mutation_of_a_cached_session_is_seen_next(large, name):
+    store, sid, sc, _ = large
+    sc.emit("write", callback=True)
+    sc.emit("mutate", name, callback=True)
+    after = stored(store, sid)
+    assert after != {}
+    assert sc.emit("data", callback=True) == after
+    sc.emit("write", callback=True)
+    assert stored(store, sid) == {**after, "n": 2}
+
+
+def test_a_container_kept_past_its_event_changes_nothing_later(large):
+    store, sid, sc, _ = large
+    sc.emit("write", callback=True)
+    sc.emit("keep_cart", callback=True)
+    sc.emit("change_kept_cart", callback=True)
+    assert stored(store, sid)["cart"] == [1, 2]
+    assert sc.emit("data", callback=True)["cart"] == [1, 2]
+
+
+def test_a_write_by_another_worker_is_seen_through_the_cache():
+    # Two apps on one store stand for two workers: each keeps its own
+    # decoded copy, and a write by one must not be hidden from the other.
+    store = MemoryStore()
+    app1, socketio1, _ = make_large_app(store)
+    app2, socketio2, _ = make_large_app(store)
+    http = app1.test_client()
+    sid = http.post("/login").json["sid"]
+    cookies = {c.key: c.value for c in http._cookies.values()}
+    http2 = app2.test_client()
+    for key, value in cookies.items():
+        http2.set_cookie(key, value)
+    sc1 = socketio1.test_client(app1, flask_test_client=http)
+    sc2 = socketio2.test_client(app2, flask_test_client=http2)
+    sc1.emit("write", callback=True)
+    sc2.emit("write", callback=True)
+    sc2.emit("mutate", "getitem", callback=True)
+    seen = sc1.emit("data", callback=True)
+    assert seen["n"] == 2 and seen["cart"] == [1, 2, 3]
+    sc1.emit("write", callback=True)
+    assert stored(store, sid)["n"] == 3 and stored(store, sid)["cart"] == [1, 2, 3]
+
+
+def test_load_cache_keeps_the_most_recent_within_its_limit():
+    cache = serialization.LoadCache(limit=10_000, smallest=3_000)
+    texts = {}
+    for n in range(4):
+        text = texts[n] = serialization.dumps({"pad": "x" * 3_000, "n": n})
+        data, spans = serialization.load_spans(text)  # type: ignore[misc]
+        cache.put(f"s{n}", serialization.Loaded(text, data, spans))
+        cache.get("s0", texts[0])  # s0 is used each time: it stays
+    assert cache.get("s0", texts[0]) is not None
+    assert cache.get("s1", texts[1]) is None  # least recently used: out
+    assert cache.get("s3", texts[3]) is not None
+    assert cache.get("s3", texts[3] + " ") is None  # other text: not used
+    small = serialization.dumps({"n": 1})
+    cache.put("small", serialization.Loaded(small, {"n": 1}, {}))
+    assert cache.get("small", small) is None
