@@ -5,6 +5,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -53,13 +54,17 @@ class RedisServer:
         self.binary = binary
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self._scratch = ""
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        persistence = ["--save", "", "--appendonly", "no"]
+        # Its own folder even without persistence: a replica writes the
+        # snapshot it syncs from there, not into the working directory.
+        self._scratch = tempfile.mkdtemp(prefix="redis-")
+        persistence = ["--dir", self._scratch, "--save", "", "--appendonly", "no"]
         if self.data_dir is not None:
             persistence = ["--dir", self.data_dir, "--save", "",
                            "--appendonly", "yes", "--appendfsync", "always"]
@@ -75,6 +80,7 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(10)
             self.process = None
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 class LiveServer:

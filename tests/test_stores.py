@@ -824,13 +824,19 @@ def test_redis_down_is_store_unavailable_and_recovers(own_redis):
         lambda: store.get_session_id(c),
         lambda: store.lock(s, 5.0, 1.0),
         lambda: store.save(s, Record(c, "{}"), 60.0, token, True),
-        lambda: store.release(s, token, 60.0),
         lambda: store.delete(s, token),
     ]
     for call in calls:
         with pytest.raises(StoreUnavailable) as info:
             call()
         assert isinstance(info.value.original_error, redis.exceptions.RedisError)
+    # A release waits for no answer: it is queued, and once it fails it is
+    # remembered, to be sent again when Redis answers.
+    store._unsure.clear()
+    store.release(s, token, 60.0)
+    with pytest.raises(StoreUnavailable):
+        store.renew(s, token, 5.0)  # the round trip the release goes with
+    assert store._unsure == {token: s}
     own_redis.start()  # same port, empty
     assert store.get(s) is None
     assert put(store, s, c) is True
@@ -857,6 +863,7 @@ def test_a_lock_taken_by_a_call_that_timed_out_is_freed(own_redis):
     put(store, s, c, "data")
     token, _ = store.lock(s, 30.0, 1.0)  # Redis knows the script now
     store.release(s, token, None)
+    assert store.renew(s, token, 30.0) is False  # the release went first
     os.kill(own_redis.process.pid, signal.SIGSTOP)
     try:
         with pytest.raises(StoreUnavailable):
@@ -896,3 +903,50 @@ def test_package_imports_without_redis():
     ).stdout
     assert "pip install" in out
     assert "flask_session_bridge[redis]" in out
+
+
+def test_a_release_reaches_redis_without_another_call(own_redis):
+    # A release is queued for the process's next round trip; with none
+    # coming, it goes on its own at once: another worker waiting for the
+    # lock is let in well before the lease (5 s) would free it.
+    holder, other = RedisStore(own_redis.url), RedisStore(own_redis.url)
+    s, c = new_id(), new_id()
+    put(holder, s, c, "data")
+    token, _ = holder.lock(s, 5.0, 1.0)
+    holder.release(s, token, 60.0)
+    start = time.monotonic()
+    token, record = other.lock(s, 5.0, 1.0)
+    assert record == Record(c, "data")
+    assert time.monotonic() - start < 0.5
+    other.release(s, token, None)
+
+
+def test_a_release_goes_before_the_same_process_locks_again(own_redis):
+    store = RedisStore(own_redis.url)
+    s, c = new_id(), new_id()
+    put(store, s, c, "data")
+    for _ in range(50):
+        token, _ = store.lock(s, 5.0, 1.0)
+        store.release(s, token, 60.0)
+        # Taken at once: the queued release went first, in the same round trip.
+        token, _ = store.lock(s, 5.0, 0.0)
+        store.release(s, token, None)
+
+
+def test_a_read_touches_unless_the_expiry_was_just_pushed(own_redis):
+    # Many read-only events a second on one session push its expiry back
+    # once a second, not at each event: the session lives at most a second
+    # less than if each had touched it. An older push is always renewed.
+    import redis
+
+    client = redis.Redis.from_url(own_redis.url)
+    store = RedisStore(own_redis.url)
+    s, c = new_id(), new_id()
+    put(store, s, c, "data")
+    key = store._keys(s)[1]
+    for ttl_ms, touched in ((900_000, True), (999_950, False)):
+        client.pexpire(key, ttl_ms)  # pushed back 100 s or 50 ms ago
+        token, _ = store.lock(s, 5.0, 1.0)
+        store.release(s, token, 1000.0)
+        assert store.renew(s, token, 5.0) is False  # the release has run
+        assert (client.pttl(key) > 999_950) is touched
