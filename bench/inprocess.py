@@ -48,8 +48,14 @@ from flask_session_bridge.session import deserialize
 from flask_session_bridge.session import serialize
 
 DISTRIBUTIONS = (
-    "flask", "werkzeug", "flask-socketio", "python-socketio", "python-engineio",
-    "redis", "flask-session", "flask-session-bridge",
+    "flask",
+    "werkzeug",
+    "flask-socketio",
+    "python-socketio",
+    "python-engineio",
+    "redis",
+    "flask-session",
+    "flask-session-bridge",
 )
 
 #: Configuration name -> what it does; table order.
@@ -101,8 +107,17 @@ def redis_server() -> t.Iterator[str]:
     """
     port = free_port()
     server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         stdout=subprocess.DEVNULL,
     )
     try:
@@ -314,6 +329,7 @@ def main() -> None:
             report(measure(operations(url, client, folder), args.rounds, args.ops), args.ops)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
 
 if __name__ == "__main__":
     main()

@@ -42,8 +42,14 @@ from importlib.metadata import version
 from pathlib import Path
 
 DISTRIBUTIONS = (
-    "flask", "flask-socketio", "python-socketio", "python-engineio", "eventlet",
-    "redis", "flask-session", "flask-session-bridge",
+    "flask",
+    "flask-socketio",
+    "python-socketio",
+    "python-engineio",
+    "eventlet",
+    "redis",
+    "flask-session",
+    "flask-session-bridge",
 )
 #: name -> (server kind, workers)
 CONFIGS = {
@@ -142,8 +148,9 @@ async def client_main(
         client = socketio.AsyncClient(reconnection=False)
         try:
             async with connect_slots:
-                await client.connect(url, headers={"Cookie": cookie},
-                                     transports=["websocket"], wait_timeout=30)
+                await client.connect(
+                    url, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=30
+                )
             return client
         except Exception as e:
             error("connect", repr(e))
@@ -177,10 +184,14 @@ async def client_main(
         cookies = await asyncio.gather(*(login(http, url) for url in targets))
         rss_before = await rss(http)
         connected = [
-            c for c in await asyncio.gather(*(
-                connect(url, cookie) for url, cookie in zip(targets, cookies)
-                if cookie is not None
-            ))
+            c
+            for c in await asyncio.gather(
+                *(
+                    connect(url, cookie)
+                    for url, cookie in zip(targets, cookies)
+                    if cookie is not None
+                )
+            )
             if c is not None
         ]
         rss_after = await rss(http)
@@ -203,8 +214,10 @@ async def client_main(
         gc_cpu = await total(http, "/gc") - gc_before
     await asyncio.gather(*(c.disconnect() for c in connected))
     if wrong:
-        sys.exit(f"WRONG COUNTER in {len(wrong)} clients, e.g. {wrong[0]}: the session "
-                 "lost increments; this benchmark's numbers would be meaningless")
+        sys.exit(
+            f"WRONG COUNTER in {len(wrong)} clients, e.g. {wrong[0]}: the session "
+            "lost increments; this benchmark's numbers would be meaningless"
+        )
     latencies.sort()
     return {
         "events_per_s": len(latencies) / wall if wall > 0 else 0.0,
@@ -229,11 +242,20 @@ async def client_main(
 # -- the parent ---------------------------------------------------------
 
 
-def run_config(kind: str, workers: int, redis_url: str, redis_pid: int, prefix: str,
-               clients: int, events: int) -> dict:
+def run_config(
+    kind: str, workers: int, redis_url: str, redis_pid: int, prefix: str, clients: int, events: int
+) -> dict:
     ports = [free_port() for _ in range(workers)]
-    command = [sys.executable, str(SERVER), "--kind", kind, "--redis", redis_url,
-               "--prefix", prefix]
+    command = [
+        sys.executable,
+        str(SERVER),
+        "--kind",
+        kind,
+        "--redis",
+        redis_url,
+        "--prefix",
+        prefix,
+    ]
     if workers > 1:
         command += ["--message-queue", redis_url]
     servers = [subprocess.Popen([*command, "--port", str(port)]) for port in ports]
@@ -241,12 +263,22 @@ def run_config(kind: str, workers: int, redis_url: str, redis_pid: int, prefix: 
         for port in ports:
             wait_for_port(port)
         client = subprocess.run(
-            [sys.executable, __file__,
-             "--client", ",".join(f"http://127.0.0.1:{port}" for port in ports),
-             "--pids", ",".join(str(server.pid) for server in servers),
-             "--redis-pid", str(redis_pid),
-             "--clients", str(clients), "--events", str(events)],
-            stdout=subprocess.PIPE, text=True,  # stderr goes to the terminal
+            [
+                sys.executable,
+                __file__,
+                "--client",
+                ",".join(f"http://127.0.0.1:{port}" for port in ports),
+                "--pids",
+                ",".join(str(server.pid) for server in servers),
+                "--redis-pid",
+                str(redis_pid),
+                "--clients",
+                str(clients),
+                "--events",
+                str(events),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,  # stderr goes to the terminal
         )
         if client.returncode != 0:
             raise SystemExit(f"the client process failed (exit {client.returncode}), see above")
@@ -271,19 +303,32 @@ def versions(redis_binary: str) -> str:
 def report(results: dict[str, list[dict]], clients: int, events: int) -> None:
     rounds = len(next(iter(results.values())))
     print(f"\n{clients} clients x {events} events each; medians of {rounds} rounds")
-    header = (f"{'configuration':<18} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-              f" {'RSS kB/socket':>13} {'errors':>7} {'cpu: client':>11} {'per worker':>10}"
-              f" {'redis':>6} {'us/event':>8} {'GC':>5}")
+    header = (
+        f"{'configuration':<18} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'RSS kB/socket':>13} {'errors':>7} {'cpu: client':>11} {'per worker':>10}"
+        f" {'redis':>6} {'us/event':>8} {'GC':>5}"
+    )
     print(header)
     print("-" * len(header))
-    keys = ("events_per_s", "p50_ms", "p99_ms", "rss_kb_per_socket",
-            "client_cpu", "server_cpu", "redis_cpu", "server_us_per_event", "gc_share")
+    keys = (
+        "events_per_s",
+        "p50_ms",
+        "p99_ms",
+        "rss_kb_per_socket",
+        "client_cpu",
+        "server_cpu",
+        "redis_cpu",
+        "server_us_per_event",
+        "gc_share",
+    )
     for name, runs in results.items():
         m = {key: statistics.median(r[key] for r in runs) for key in keys}
-        print(f"{name:<18} {m['events_per_s']:>9.0f} {m['p50_ms']:>8.1f} {m['p99_ms']:>8.1f}"
-              f" {m['rss_kb_per_socket']:>13.1f} {sum(r['errors'] for r in runs):>7}"
-              f" {m['client_cpu']:>11.0%} {m['server_cpu']:>10.0%} {m['redis_cpu']:>6.0%}"
-              f" {m['server_us_per_event']:>8.0f} {m['gc_share']:>5.0%}")
+        print(
+            f"{name:<18} {m['events_per_s']:>9.0f} {m['p50_ms']:>8.1f} {m['p99_ms']:>8.1f}"
+            f" {m['rss_kb_per_socket']:>13.1f} {sum(r['errors'] for r in runs):>7}"
+            f" {m['client_cpu']:>11.0%} {m['server_cpu']:>10.0%} {m['redis_cpu']:>6.0%}"
+            f" {m['server_us_per_event']:>8.0f} {m['gc_share']:>5.0%}"
+        )
     for name, runs in results.items():
         for i, r in enumerate(runs, 1):
             for detail in r["first_errors"]:
@@ -324,9 +369,9 @@ def main() -> None:
     raise_nofile_limit()
     if args.client:
         pids = [int(pid) for pid in args.pids.split(",")]
-        result = asyncio.run(client_main(
-            args.client.split(","), pids, args.redis_pid, args.clients, args.events
-        ))
+        result = asyncio.run(
+            client_main(args.client.split(","), pids, args.redis_pid, args.clients, args.events)
+        )
         print(json.dumps(result))
         return
 
@@ -334,12 +379,25 @@ def main() -> None:
     if redis_binary is None:
         sys.exit("redis-server is not installed (apt-get install -y redis-server)")
     print("versions:", versions(redis_binary))
-    print("note: the anchor gets a waiting pool of 50 connections, as the bridge does;"
-          " with redis-py's default pool (at most 100, no waiting) it fails at this load")
+    print(
+        "note: the anchor gets a waiting pool of 50 connections, as the bridge does;"
+        " with redis-py's default pool (at most 100, no waiting) it fails at this load"
+    )
     port = free_port()
     redis_server = subprocess.Popen(
-        [redis_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--maxclients", "10000"],
+        [
+            redis_binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxclients",
+            "10000",
+        ],
         stdout=subprocess.DEVNULL,
     )
     try:
@@ -348,15 +406,19 @@ def main() -> None:
         names = list(CONFIGS)
         results: dict[str, list[dict]] = {name: [] for name in names}
         for i in range(args.rounds):
-            for name in names[i % len(names):] + names[: i % len(names)]:
+            for name in names[i % len(names) :] + names[: i % len(names)]:
                 kind, workers = CONFIGS[name]
                 prefix = f"r{i}-{kind}{workers}:"  # every run starts from empty sessions
                 began = time.monotonic()
-                r = run_config(kind, workers, redis_url, redis_server.pid, prefix,
-                               args.clients, args.events)
-                print(f"  round {i + 1}, {name}: {r['events_per_s']:.0f} events/s,"
-                      f" {r['connected']}/{args.clients} connected, {r['errors']} errors,"
-                      f" {time.monotonic() - began:.0f} s", flush=True)
+                r = run_config(
+                    kind, workers, redis_url, redis_server.pid, prefix, args.clients, args.events
+                )
+                print(
+                    f"  round {i + 1}, {name}: {r['events_per_s']:.0f} events/s,"
+                    f" {r['connected']}/{args.clients} connected, {r['errors']} errors,"
+                    f" {time.monotonic() - began:.0f} s",
+                    flush=True,
+                )
                 results[name].append(r)
         report(results, args.clients, args.events)
     finally:

@@ -158,8 +158,10 @@ def ratio(results: dict[str, list[tuple[float, float]]], num: str, den: str, cpu
 def sizes_table(url: str, sizes: list[int], rounds: int) -> None:
     print()
     print("socket events by session size; ratios > 1 mean the bridge is faster")
-    print(f"{'size':>7}  {'event':<6} {'bridge us':>9} {'anchor us':>9} {'CPU ratio':>9}"
-          f" {'wall ratio':>10}   {'memory/bare':>11}")
+    print(
+        f"{'size':>7}  {'event':<6} {'bridge us':>9} {'anchor us':>9} {'CPU ratio':>9}"
+        f" {'wall ratio':>10}   {'memory/bare':>11}"
+    )
     for size in sizes:
         count = max(40, min(1000, 400_000 // max(size, 400)))
         memory = Client(bridge_app(MemoryStore()), size)
@@ -192,8 +194,10 @@ def sizes_table(url: str, sizes: list[int], rounds: int) -> None:
 def contention(url: str, per_session: list[int], events: int) -> None:
     print()
     print(f"sockets of one session, each sending {events} increments from its own thread")
-    print(f"{'sockets':>7}  {'bridge CPU us/event':>19} {'anchor CPU us/event':>19}"
-          f" {'bridge kept':>11} {'anchor kept':>11}")
+    print(
+        f"{'sockets':>7}  {'bridge CPU us/event':>19} {'anchor CPU us/event':>19}"
+        f" {'bridge kept':>11} {'anchor kept':>11}"
+    )
     for count in per_session:
         row = []
         for name, app in (
@@ -223,8 +227,9 @@ def contention(url: str, per_session: list[int], events: int) -> None:
             row.append((cpu_us, final))
         (b_cpu, b_kept), (a_cpu, a_kept) = row
         total = count * events
-        print(f"{count:>7}  {b_cpu:19.0f} {a_cpu:19.0f}"
-              f" {b_kept:>6}/{total:<4} {a_kept:>6}/{total:<4}")
+        print(
+            f"{count:>7}  {b_cpu:19.0f} {a_cpu:19.0f} {b_kept:>6}/{total:<4} {a_kept:>6}/{total:<4}"
+        )
 
 
 def main() -> None:
