@@ -106,25 +106,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def redis_server() -> t.Iterator[str]:
-    """A redis-server of the benchmark's own on a free loopback port; yields
-    its URL once it answers, and stops it by pid.
+def redis_process(*options: str) -> t.Iterator[tuple[str, int]]:
+    """A redis-server of the benchmark's own on a free loopback port, with
+    ``options`` added to its command line; yields its URL and pid once it
+    answers, and stops it by pid.
     """
     port = free_port()
-    server = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed (apt-get install -y redis-server)")
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    server = subprocess.Popen([*command, "--appendonly", "no", *options], stdout=subprocess.DEVNULL)
     try:
         url = f"redis://127.0.0.1:{port}/0"
         for _ in range(100):
@@ -133,10 +125,17 @@ def redis_server() -> t.Iterator[str]:
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        yield url
+        yield url, server.pid
     finally:
         server.terminate()
         server.wait(10)
+
+
+@contextlib.contextmanager
+def redis_server() -> t.Iterator[str]:
+    """:func:`redis_process` for those who need only its URL."""
+    with redis_process() as (url, _pid):
+        yield url
 
 
 def versions() -> str:
