@@ -211,7 +211,7 @@ def table(case: str, sides: dict[str, tuple[Summary, float, float]]) -> str:
     summary, CPU us per event and GC share by gc.callbacks.
     """
     names = list(sides)
-    lines = [f"{case}: self % of samples, us/event by self share, incl. %"]
+    lines = [case, "self: % of samples; us/event: CPU per event x self share; incl.: % inclusive"]
     head = f"{'category':<40}"
     for name in names:
         head += f" {name + ' self':>12} {'us/event':>8} {'incl.':>6}"
@@ -305,7 +305,9 @@ def read_case(url: str, size: int, seconds: float, rate: int) -> str:
                 events += 1
             cpu = time.process_time() - cpu
         sides[side] = (Summary(output), cpu * 1e6 / events, collector.seconds / cpu)
-    return table(case, sides)
+    return table(
+        f"{case}: read event, {size} B session, {seconds:g} s per side at {rate} Hz", sides
+    )
 
 
 def load_case(clients: int, events: int) -> str:
@@ -324,7 +326,7 @@ def load_case(clients: int, events: int) -> str:
             )
             summary = Summary(output, native=False)
             sides[side] = (summary, r["server_us_per_event"], r["gc_share"])
-    return table(f"load, {clients} clients x {events} events, one eventlet worker", sides)
+    return table(f"load: {clients} clients x {events} events, one eventlet worker, 200 Hz", sides)
 
 
 def main() -> None:
@@ -333,13 +335,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per read case and side")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--events", type=int, default=20)
-    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument(
+        "--rate", type=int, default=200, help="py-spy samples per second, read cases (load: 200)"
+    )
     parser.add_argument("--no-load", action="store_true", help="only the read cases")
+    parser.add_argument(
+        "--no-versions", action="store_true", help="do not print the versions (run.py did)"
+    )
     args = parser.parse_args()
     from inprocess import redis_server
-    from inprocess import versions
+    from inprocess import start_part
 
-    print("profile:", versions())
+    start_part("profile", args)
     PROFILES.mkdir(exist_ok=True)
     tables = {}
     with redis_server() as url:
