@@ -203,7 +203,7 @@ async def client_main(
 
             for i, pid in enumerate(pids):
                 output = profile if len(pids) == 1 else f"{profile}.{i}"
-                spies.enter_context(spy(pid, output, native=False))
+                spies.enter_context(spy(pid, output))
         began = time.perf_counter()
         start.set()
         await asyncio.gather(*tasks)

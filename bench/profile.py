@@ -14,18 +14,22 @@ Cases, each for the bridge (on Redis) and the anchor (Flask-SocketIO
   websocket clients sending ``--events`` events each, recorded while the
   events run (not the logins and connects).
 
-py-spy runs with ``--native``, so the cyclic GC shows as its C frames
-(``gc_collect_main``). Samples of a thread waiting (in poll, epoll_wait, a
-sleep, a lock) are dropped as idle: py-spy's own idle check does not work
-with ``--native``. Each sample goes to one category: GC if the collector is on
-the stack, else the innermost frame whose file belongs to a known package
-(stdlib frames count for the package that called them). "incl." is the share
-of samples with a frame of that category anywhere on the stack; us/event
-spreads the measured CPU per event (process CPU time, not the samples) by
-the self shares. The GC share from ``gc.callbacks`` is printed under each
-table as a cross-check. Samples are taken by pausing the process, so the
-profiled runs are slower than bench/run.py's: read the shares, not the
-speed.
+py-spy samples without pausing the process (``--nonblocking``), so its
+check for idle threads (a sleep, a wait in epoll or recv) holds and leaves
+them out. A sample counts a thread that runs or is runnable: on 2 cores,
+time spent waiting for the CPU while redis-server runs lands on the socket
+call (redis-py's ``sendall``). Each sample goes to one category: the
+innermost frame whose file belongs to a known package (stdlib frames count
+for the package that called them). "incl." is the share of samples with a
+frame of that category anywhere on the stack; us/event spreads the CPU per
+event (measured without the profiler for the read cases, with it for the
+load) by the self shares. The cyclic GC's share comes from ``gc.callbacks``
+(its samples are inside the other rows): py-spy shows the collector only
+with ``--native``, which pauses the process at every sample (the read event
+ran 2 to 10 times slower under it here) and cannot unwind eventlet's
+greenlets. ``--native`` (read cases only) records the C frames too; the
+collector then has its own row, and waits in C (poll, sleeps) are dropped
+here, py-spy's idle check not holding in that mode.
 
 Writes ``bench/profiles/<case>-<side>.collapsed`` (py-spy's raw collapsed
 stacks, kept out of git) and ``bench/profiles/<case>.txt``, the table
@@ -117,7 +121,7 @@ PYTHON_FILE = re.compile(r"\.py:\d+$|^<")
 
 
 @contextlib.contextmanager
-def spy(pid: int, output: str | Path, rate: int = 200, native: bool = True) -> t.Iterator[None]:
+def spy(pid: int, output: str | Path, rate: int = 200, native: bool = False) -> t.Iterator[None]:
     """py-spy records process ``pid`` into ``output`` (collapsed stacks)
     from when it says it samples until the block ends; ``native`` adds the C
     frames (py-spy cannot unwind them through eventlet's greenlets).
@@ -127,7 +131,7 @@ def spy(pid: int, output: str | Path, rate: int = 200, native: bool = True) -> t
         sys.exit("py-spy is not installed (pip install py-spy)")
     command = [binary, "record", "--pid", str(pid), "--format", "raw"]
     command += ["--rate", str(rate), "--output", str(output)]
-    command += ["--native"] if native else []
+    command += ["--native"] if native else ["--nonblocking"]
     # It says "Sampling process ..." on stdout once attached.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
@@ -165,7 +169,7 @@ def frame_category(frame: str) -> str | None:
 class Summary:
     """Self and inclusive samples per category, from collapsed stacks."""
 
-    def __init__(self, path: Path, native: bool = True) -> None:
+    def __init__(self, path: Path, native: bool = False) -> None:
         #: Whether py-spy recorded C frames, the collector's among them.
         self.native = native
         self.self: collections.Counter[str] = collections.Counter()
@@ -227,19 +231,20 @@ def table(case: str, sides: dict[str, tuple[Summary, float, float]]) -> str:
                 continue
             row += f" {share:>12.1%} {share * us:>8.0f} {incl:>6.1%}"
         lines.append(row)
-    row = f"{'all: samples, CPU us per event':<40}"
+    row = f"{'all: samples; CPU us per event':<40}"
     for summary, us, _ in sides.values():
         row += f" {summary.total:>12} {us:>8.0f} {'':>6}"
     lines.append(row)
-    row = f"{'(samples dropped as waiting)':<40}"
-    for summary, _, _ in sides.values():
-        row += f" {summary.idle:>12} {'':>8} {'':>6}"
-    lines.append(row)
-    row = f"{'in a send system call, within the rows':<40}"
-    for summary, us, _ in sides.values():
-        share = summary.sending / summary.total if summary.total else 0.0
-        row += f" {share:>12.1%} {share * us:>8.0f} {'':>6}"
-    lines.append(row)
+    if any(summary.native for summary, _, _ in sides.values()):
+        row = f"{'(samples dropped as waiting in C)':<40}"
+        for summary, _, _ in sides.values():
+            row += f" {summary.idle:>12} {'':>8} {'':>6}"
+        lines.append(row)
+        row = f"{'in a send system call, within the rows':<40}"
+        for summary, us, _ in sides.values():
+            share = summary.sending / summary.total if summary.total else 0.0
+            row += f" {share:>12.1%} {share * us:>8.0f} {'':>6}"
+        lines.append(row)
     row = f"{'redis-py called by the session layer':<40}"
     for summary, us, _ in sides.values():
         share = summary.redis_by_session / summary.total if summary.total else 0.0
@@ -251,8 +256,8 @@ def table(case: str, sides: dict[str, tuple[Summary, float, float]]) -> str:
     )
     if not all(summary.native for summary, _, _ in sides.values()):
         lines.append(
-            "* by gc.callbacks: recorded without --native (py-spy cannot unwind eventlet's"
-            " greenlets), the collector's samples are in the rows above"
+            "* by gc.callbacks (without --native py-spy does not see the collector):"
+            " its samples are in the rows above"
         )
     return "\n".join(lines)
 
@@ -278,7 +283,19 @@ class GCTimer:
         gc.callbacks.remove(self)
 
 
-def read_case(url: str, size: int, seconds: float, rate: int) -> str:
+def send_reads(client: t.Any, seconds: float) -> tuple[float, float]:
+    """(CPU us per event, GC share of it) of read events sent for ``seconds``."""
+    events = 0
+    with GCTimer() as collector:
+        cpu, deadline = time.process_time(), time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            client.read()
+            events += 1
+        cpu = time.process_time() - cpu
+    return cpu * 1e6 / events, collector.seconds / cpu
+
+
+def read_case(url: str, size: int, seconds: float, rate: int, native: bool) -> str:
     """The read event of bench/sizes.py at one session size, both sides."""
     from sizes import anchor_app
     from sizes import bridge_app
@@ -296,18 +313,15 @@ def read_case(url: str, size: int, seconds: float, rate: int) -> str:
         client = Client(app, size)
         for _ in range(50):  # first-call paths, caches
             client.read()
+
+        us, gc_share = send_reads(client, seconds)  # without the profiler
         output = PROFILES / f"{case}-{side}.collapsed"
-        events = 0
-        with GCTimer() as collector, spy(os.getpid(), output, rate):
-            cpu, deadline = time.process_time(), time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                client.read()
-                events += 1
-            cpu = time.process_time() - cpu
-        sides[side] = (Summary(output), cpu * 1e6 / events, collector.seconds / cpu)
-    return table(
-        f"{case}: read event, {size} B session, {seconds:g} s per side at {rate} Hz", sides
-    )
+        with spy(os.getpid(), output, rate, native):
+            send_reads(client, seconds)
+        sides[side] = (Summary(output, native), us, gc_share)
+    mode = "native, blocking" if native else "nonblocking"
+    title = f"{case}: read event, {size} B session, {seconds:g} s per side, {rate} Hz, {mode}"
+    return table(title, sides)
 
 
 def load_case(clients: int, events: int) -> str:
@@ -324,9 +338,9 @@ def load_case(clients: int, events: int) -> str:
                 f" {r['connected']}/{clients} connected, {r['errors']} errors",
                 flush=True,
             )
-            summary = Summary(output, native=False)
-            sides[side] = (summary, r["server_us_per_event"], r["gc_share"])
-    return table(f"load: {clients} clients x {events} events, one eventlet worker, 200 Hz", sides)
+            sides[side] = (Summary(output), r["server_us_per_event"], r["gc_share"])
+    title = f"load: {clients} clients x {events} events, one eventlet worker, 200 Hz, nonblocking"
+    return table(title, sides)
 
 
 def main() -> None:
@@ -340,6 +354,9 @@ def main() -> None:
     )
     parser.add_argument("--no-load", action="store_true", help="only the read cases")
     parser.add_argument(
+        "--native", action="store_true", help="read cases: C frames too (GC, waits in C)"
+    )
+    parser.add_argument(
         "--no-versions", action="store_true", help="do not print the versions (run.py did)"
     )
     args = parser.parse_args()
@@ -351,7 +368,7 @@ def main() -> None:
     tables = {}
     with redis_server() as url:
         for size in (int(s) for s in args.sizes.split(",")):
-            tables[f"read-{size}"] = read_case(url, size, args.seconds, args.rate)
+            tables[f"read-{size}"] = read_case(url, size, args.seconds, args.rate, args.native)
     if not args.no_load:
         tables["load"] = load_case(args.clients, args.events)
     for name, text in tables.items():
