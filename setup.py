@@ -31,9 +31,10 @@ setup(
     extras_require={
         # hiredis: redis-py parses replies in C when it is installed.
         "redis": ["redis>=5.0", "hiredis>=2"],
-        # bench/: the anchor (Flask-Session) and the load test's asyncio client.
+        # bench/: the anchor (Flask-Session), the load test's asyncio client,
+        # and py-spy for bench/profile.py.
         "bench": ["redis>=5.0", "flask-session>=0.8", "eventlet>=0.36",
-                  "python-socketio[asyncio_client]>=5.11.2", "aiohttp"],
+                  "python-socketio[asyncio_client]>=5.11.2", "aiohttp", "py-spy"],
         # docs/: built by .ci/run with warnings as errors.
         "docs": ["sphinx>=7"],
         # Gunicorn 26 dropped the eventlet worker; 25 adds a control socket in ~/.gunicorn.

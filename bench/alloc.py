@@ -19,8 +19,10 @@ import time
 import tracemalloc
 import typing as t
 
+from inprocess import part_arguments
 from inprocess import redis_server
-from inprocess import versions
+from inprocess import start_part
+from inprocess import write_figures
 from sizes import anchor_app
 from sizes import bridge_app
 from sizes import Client
@@ -66,8 +68,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--size", type=int, default=0)
+    part_arguments(parser)
     args = parser.parse_args()
-    print("alloc:", versions())
+    start_part("alloc", args)
+    figures = {}
     with redis_server() as url:
         memory = Client(bridge_app(MemoryStore()), args.size)
         bridge = Client(bridge_app(RedisStore(url, prefix="alloc:")), args.size)
@@ -84,7 +88,9 @@ def main() -> None:
             ("anchor read", anchor.read),
         ):
             young, blocks, cpu = per_event(op, args.events)
+            figures[name] = {"young_gc_objects": young, "net_blocks": blocks, "cpu_us": cpu}
             print(f"{name:<16} {young:13.1f} {blocks:10.1f} {cpu:8.0f}")
+    write_figures(args, {"size": args.size, "per_event": figures})
 
 
 if __name__ == "__main__":

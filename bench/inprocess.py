@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import platform
 import shutil
 import socket
@@ -34,6 +35,7 @@ import time
 import typing as t
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version
+from pathlib import Path
 
 import redis
 from flask import Flask
@@ -48,8 +50,17 @@ from flask_session_bridge.session import deserialize
 from flask_session_bridge.session import serialize
 
 DISTRIBUTIONS = (
-    "flask", "werkzeug", "flask-socketio", "python-socketio", "python-engineio",
-    "redis", "flask-session", "flask-session-bridge",
+    "flask",
+    "werkzeug",
+    "flask-socketio",
+    "python-socketio",
+    "python-engineio",
+    "eventlet",
+    "redis",
+    "hiredis",
+    "msgspec",
+    "flask-session",
+    "flask-session-bridge",
 )
 
 #: Configuration name -> what it does; table order.
@@ -95,16 +106,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def redis_server() -> t.Iterator[str]:
-    """A redis-server of the benchmark's own on a free loopback port; yields
-    its URL once it answers, and stops it by pid.
+def redis_process(*options: str) -> t.Iterator[tuple[str, int]]:
+    """A redis-server of the benchmark's own on a free loopback port, with
+    ``options`` added to its command line; yields its URL and pid once it
+    answers, and stops it by pid.
     """
     port = free_port()
-    server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed (apt-get install -y redis-server)")
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    server = subprocess.Popen([*command, "--appendonly", "no", *options], stdout=subprocess.DEVNULL)
     try:
         url = f"redis://127.0.0.1:{port}/0"
         for _ in range(100):
@@ -113,20 +125,60 @@ def redis_server() -> t.Iterator[str]:
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        yield url
+        yield url, server.pid
     finally:
         server.terminate()
         server.wait(10)
 
 
+@contextlib.contextmanager
+def redis_server() -> t.Iterator[str]:
+    """:func:`redis_process` for those who need only its URL."""
+    with redis_process() as (url, _pid):
+        yield url
+
+
 def versions() -> str:
+    """Python, the distributions both sides run on (redis-py parses replies
+    in C only with hiredis), where the bridge was imported from, and the
+    redis-server.
+    """
+    import flask_session_bridge
+
     found = [f"python {platform.python_version()}"]
     for name in DISTRIBUTIONS:
         try:
             found.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             found.append(f"{name} (not installed)")
+    # The installed metadata may belong to another tree than PYTHONPATH's.
+    found.append(f"bridge imported from {Path(flask_session_bridge.__file__).parent}")
+    binary = shutil.which("redis-server")
+    if binary is not None:
+        server = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+        found.append(server.split(" sha=")[0].strip())  # "Redis server v=7.0.15"
     return ", ".join(found)
+
+
+def part_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every part of bench/run.py takes."""
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write the key figures to PATH (bench/run.py reads it)"
+    )
+    parser.add_argument(
+        "--no-versions", action="store_true", help="do not print the versions (run.py did)"
+    )
+
+
+def start_part(name: str, args: argparse.Namespace) -> None:
+    if not args.no_versions:
+        print(f"{name}:", versions(), flush=True)
+
+
+def write_figures(args: argparse.Namespace, figures: dict[str, t.Any]) -> None:
+    """Write a part's key figures as JSON where ``--json`` says, if it does."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
 
 
 def add_handlers(app: Flask, socketio: SocketIO, bridge: SessionBridge | None) -> None:
@@ -276,7 +328,8 @@ def measure(ops: Operations, rounds: int, count: int) -> dict[str, list[float]]:
     return results
 
 
-def report(results: dict[str, list[float]], count: int) -> None:
+def report(results: dict[str, list[float]], count: int) -> dict[str, t.Any]:
+    """Print the tables; return the medians and ratios for ``--json``."""
     rounds = len(next(iter(results.values())))
     print(f"{rounds} rounds x {count} operations per configuration; medians")
     print()
@@ -290,30 +343,35 @@ def report(results: dict[str, list[float]], count: int) -> None:
     print(f"floor of a Redis event, bare + JSON + 2 round trips: {bare + json_ + 2 * ping:.0f} us")
     print()
     print(f"{'ratio':<48} {'value':>6}  goal")
+    ratios = {}
     for meaning, numerator, denominator, goal in RATIOS:
         pairs = zip(results[numerator], results[denominator])
-        ratio = statistics.median(n / d for n, d in pairs)
+        ratio = ratios[meaning] = statistics.median(n / d for n, d in pairs)
         verdict = ""
         if goal:
             op, limit = goal.split()
             met = ratio <= float(limit) if op == "<=" else ratio >= float(limit)
             verdict = f"{goal}  {'ok' if met else 'MISSED'}"
         print(f"{meaning:<48} {ratio:5.2f}x  {verdict}")
+    return {"us_per_op": {n: statistics.median(v) for n, v in results.items()}, "ratios": ratios}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--ops", type=int, default=1000, help="operations per round")
+    part_arguments(parser)
     args = parser.parse_args()
-    print("in-process:", versions())
+    start_part("in-process", args)
     folder = tempfile.mkdtemp(prefix="bench-")
     try:
         with redis_server() as url:
             client = redis.Redis.from_url(url)
-            report(measure(operations(url, client, folder), args.rounds, args.ops), args.ops)
+            results = measure(operations(url, client, folder), args.rounds, args.ops)
+            write_figures(args, report(results, args.ops))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """Many websocket clients on real eventlet servers: the bridge on Redis
 against the anchor, and two workers against one.
 
-    python bench/load.py [--clients 1000] [--events 20] [--rounds 3]
+    python bench/load.py [--clients 1000] [--events 20] [--rounds 3] [--json PATH]
 
 Starts its own redis-server on a free loopback port (stopped at the end),
 and per run the server(s) of bench/load_server.py. Configurations: bridge
@@ -27,24 +27,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import platform
 import resource
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version
+import typing as t
 from pathlib import Path
 
-DISTRIBUTIONS = (
-    "flask", "flask-socketio", "python-socketio", "python-engineio", "eventlet",
-    "redis", "flask-session", "flask-session-bridge",
-)
+from inprocess import free_port
+from inprocess import part_arguments
+from inprocess import redis_process
+from inprocess import start_part
+from inprocess import write_figures
+
 #: name -> (server kind, workers)
 CONFIGS = {
     "bridge, 1 worker": ("bridge", 1),
@@ -52,12 +52,6 @@ CONFIGS = {
     "bridge, 2 workers": ("bridge", 2),
 }
 SERVER = Path(__file__).resolve().with_name("load_server.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
@@ -101,7 +95,12 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def client_main(
-    urls: list[str], pids: list[int], redis_pid: int, clients: int, events: int
+    urls: list[str],
+    pids: list[int],
+    redis_pid: int,
+    clients: int,
+    events: int,
+    profile: str | None = None,
 ) -> dict:
     import aiohttp
     import socketio
@@ -142,8 +141,9 @@ async def client_main(
         client = socketio.AsyncClient(reconnection=False)
         try:
             async with connect_slots:
-                await client.connect(url, headers={"Cookie": cookie},
-                                     transports=["websocket"], wait_timeout=30)
+                await client.connect(
+                    url, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=30
+                )
             return client
         except Exception as e:
             error("connect", repr(e))
@@ -177,10 +177,14 @@ async def client_main(
         cookies = await asyncio.gather(*(login(http, url) for url in targets))
         rss_before = await rss(http)
         connected = [
-            c for c in await asyncio.gather(*(
-                connect(url, cookie) for url, cookie in zip(targets, cookies)
-                if cookie is not None
-            ))
+            c
+            for c in await asyncio.gather(
+                *(
+                    connect(url, cookie)
+                    for url, cookie in zip(targets, cookies)
+                    if cookie is not None
+                )
+            )
             if c is not None
         ]
         rss_after = await rss(http)
@@ -192,10 +196,18 @@ async def client_main(
     cpu_redis = cpu_seconds(redis_pid)
     async with aiohttp.ClientSession() as http:
         gc_before = await total(http, "/gc")
-    began = time.perf_counter()
-    start.set()
-    await asyncio.gather(*tasks)
-    wall = (max(ends) if ends else time.perf_counter()) - began
+    with contextlib.ExitStack() as spies:
+        if profile:
+            # Only while the events run: not the logins and connects.
+            from profile import spy
+
+            for i, pid in enumerate(pids):
+                output = profile if len(pids) == 1 else f"{profile}.{i}"
+                spies.enter_context(spy(pid, output))
+        began = time.perf_counter()
+        start.set()
+        await asyncio.gather(*tasks)
+        wall = (max(ends) if ends else time.perf_counter()) - began
     cpu_client = time.process_time() - cpu_client
     cpu_servers = [cpu_seconds(pid) - cpu for pid, cpu in zip(pids, cpu_servers)]
     cpu_redis = cpu_seconds(redis_pid) - cpu_redis
@@ -203,8 +215,10 @@ async def client_main(
         gc_cpu = await total(http, "/gc") - gc_before
     await asyncio.gather(*(c.disconnect() for c in connected))
     if wrong:
-        sys.exit(f"WRONG COUNTER in {len(wrong)} clients, e.g. {wrong[0]}: the session "
-                 "lost increments; this benchmark's numbers would be meaningless")
+        sys.exit(
+            f"WRONG COUNTER in {len(wrong)} clients, e.g. {wrong[0]}: the session "
+            "lost increments; this benchmark's numbers would be meaningless"
+        )
     latencies.sort()
     return {
         "events_per_s": len(latencies) / wall if wall > 0 else 0.0,
@@ -229,61 +243,84 @@ async def client_main(
 # -- the parent ---------------------------------------------------------
 
 
-def run_config(kind: str, workers: int, redis_url: str, redis_pid: int, prefix: str,
-               clients: int, events: int) -> dict:
+def run_config(
+    kind: str,
+    workers: int,
+    redis_url: str,
+    redis_pid: int,
+    prefix: str,
+    clients: int,
+    events: int,
+    profile: str | None = None,
+) -> dict:
+    """One run of one configuration; with ``profile``, py-spy records each
+    worker during the events into that file (``.0``, ``.1`` appended with
+    more than one worker).
+    """
     ports = [free_port() for _ in range(workers)]
-    command = [sys.executable, str(SERVER), "--kind", kind, "--redis", redis_url,
-               "--prefix", prefix]
+    command = [sys.executable, str(SERVER), "--kind", kind, "--redis", redis_url]
+    command += ["--prefix", prefix]
     if workers > 1:
         command += ["--message-queue", redis_url]
     servers = [subprocess.Popen([*command, "--port", str(port)]) for port in ports]
     try:
         for port in ports:
             wait_for_port(port)
-        client = subprocess.run(
-            [sys.executable, __file__,
-             "--client", ",".join(f"http://127.0.0.1:{port}" for port in ports),
-             "--pids", ",".join(str(server.pid) for server in servers),
-             "--redis-pid", str(redis_pid),
-             "--clients", str(clients), "--events", str(events)],
-            stdout=subprocess.PIPE, text=True,  # stderr goes to the terminal
-        )
-        if client.returncode != 0:
-            raise SystemExit(f"the client process failed (exit {client.returncode}), see above")
-        return json.loads(client.stdout.strip().splitlines()[-1])
+        client = [sys.executable, __file__, "--redis-pid", str(redis_pid)]
+        client += ["--client", ",".join(f"http://127.0.0.1:{port}" for port in ports)]
+        client += ["--pids", ",".join(str(server.pid) for server in servers)]
+        client += ["--clients", str(clients), "--events", str(events)]
+        if profile:
+            client += ["--profile", profile]
+        # stderr goes to the terminal
+        done = subprocess.run(client, stdout=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the client process failed (exit {done.returncode}), see above")
+        return t.cast(dict, json.loads(done.stdout.strip().splitlines()[-1]))
     finally:
         for server in servers:
             stop(server)
 
 
-def versions(redis_binary: str) -> str:
-    found = [f"python {platform.python_version()}"]
-    for name in DISTRIBUTIONS:
-        try:
-            found.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            found.append(f"{name} (not installed)")
-    server = subprocess.run([redis_binary, "--version"], capture_output=True, text=True).stdout
-    found.append(server.split(" sha=")[0].strip())  # "Redis server v=7.0.15"
-    return ", ".join(found)
+@contextlib.contextmanager
+def load_redis() -> t.Iterator[tuple[str, int]]:
+    """The load's redis-server, taking up to 10,000 clients: (URL, pid)."""
+    with redis_process("--maxclients", "10000") as found:
+        yield found
 
 
-def report(results: dict[str, list[dict]], clients: int, events: int) -> None:
+def report(results: dict[str, list[dict]], clients: int, events: int) -> dict[str, t.Any]:
+    """Print the tables; return the medians and ratios for ``--json``."""
     rounds = len(next(iter(results.values())))
     print(f"\n{clients} clients x {events} events each; medians of {rounds} rounds")
-    header = (f"{'configuration':<18} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-              f" {'RSS kB/socket':>13} {'errors':>7} {'cpu: client':>11} {'per worker':>10}"
-              f" {'redis':>6} {'us/event':>8} {'GC':>5}")
+    header = (
+        f"{'configuration':<18} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'RSS kB/socket':>13} {'errors':>7} {'cpu: client':>11} {'per worker':>10}"
+        f" {'redis':>6} {'us/event':>8} {'GC':>5}"
+    )
     print(header)
     print("-" * len(header))
-    keys = ("events_per_s", "p50_ms", "p99_ms", "rss_kb_per_socket",
-            "client_cpu", "server_cpu", "redis_cpu", "server_us_per_event", "gc_share")
+    keys = (
+        "events_per_s",
+        "p50_ms",
+        "p99_ms",
+        "rss_kb_per_socket",
+        "client_cpu",
+        "server_cpu",
+        "redis_cpu",
+        "server_us_per_event",
+        "gc_share",
+    )
+    medians = {}
     for name, runs in results.items():
-        m = {key: statistics.median(r[key] for r in runs) for key in keys}
-        print(f"{name:<18} {m['events_per_s']:>9.0f} {m['p50_ms']:>8.1f} {m['p99_ms']:>8.1f}"
-              f" {m['rss_kb_per_socket']:>13.1f} {sum(r['errors'] for r in runs):>7}"
-              f" {m['client_cpu']:>11.0%} {m['server_cpu']:>10.0%} {m['redis_cpu']:>6.0%}"
-              f" {m['server_us_per_event']:>8.0f} {m['gc_share']:>5.0%}")
+        m = medians[name] = {key: statistics.median(r[key] for r in runs) for key in keys}
+        m["errors"] = sum(r["errors"] for r in runs)
+        print(
+            f"{name:<18} {m['events_per_s']:>9.0f} {m['p50_ms']:>8.1f} {m['p99_ms']:>8.1f}"
+            f" {m['rss_kb_per_socket']:>13.1f} {sum(r['errors'] for r in runs):>7}"
+            f" {m['client_cpu']:>11.0%} {m['server_cpu']:>10.0%} {m['redis_cpu']:>6.0%}"
+            f" {m['server_us_per_event']:>8.0f} {m['gc_share']:>5.0%}"
+        )
     for name, runs in results.items():
         for i, r in enumerate(runs, 1):
             for detail in r["first_errors"]:
@@ -310,6 +347,13 @@ def report(results: dict[str, list[dict]], clients: int, events: int) -> None:
         ("two workers / one, throughput", scaling, ">= 1.6", scaling >= 1.6),
     ):
         print(f"  {label:<30} {value:5.2f}x  goal {goal:<6} {'ok' if met else 'MISSED'}")
+    return {
+        "clients": clients,
+        "events": events,
+        "rounds": rounds,
+        "medians": medians,
+        "ratios": {"throughput": throughput, "p99": p99, "cpu": cpu, "two_workers": scaling},
+    }
 
 
 def main() -> None:
@@ -317,50 +361,46 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    part_arguments(parser)
     parser.add_argument("--client", help=argparse.SUPPRESS)  # server URLs, comma-separated
     parser.add_argument("--pids", help=argparse.SUPPRESS)  # the workers' pids
     parser.add_argument("--redis-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", help=argparse.SUPPRESS)  # py-spy's output (profile.py)
     args = parser.parse_args()
     raise_nofile_limit()
     if args.client:
         pids = [int(pid) for pid in args.pids.split(",")]
-        result = asyncio.run(client_main(
-            args.client.split(","), pids, args.redis_pid, args.clients, args.events
-        ))
+        urls = args.client.split(",")
+        result = asyncio.run(
+            client_main(urls, pids, args.redis_pid, args.clients, args.events, args.profile)
+        )
         print(json.dumps(result))
         return
 
-    redis_binary = shutil.which("redis-server")
-    if redis_binary is None:
-        sys.exit("redis-server is not installed (apt-get install -y redis-server)")
-    print("versions:", versions(redis_binary))
-    print("note: the anchor gets a waiting pool of 50 connections, as the bridge does;"
-          " with redis-py's default pool (at most 100, no waiting) it fails at this load")
-    port = free_port()
-    redis_server = subprocess.Popen(
-        [redis_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--maxclients", "10000"],
-        stdout=subprocess.DEVNULL,
+    start_part("load", args)
+    print(
+        "note: the anchor gets a waiting pool of 50 connections, as the bridge does;"
+        " with redis-py's default pool (at most 100, no waiting) it fails at this load"
     )
-    try:
-        wait_for_port(port)
-        redis_url = f"redis://127.0.0.1:{port}/0"
+    with load_redis() as (redis_url, redis_pid):
         names = list(CONFIGS)
         results: dict[str, list[dict]] = {name: [] for name in names}
         for i in range(args.rounds):
-            for name in names[i % len(names):] + names[: i % len(names)]:
+            for name in names[i % len(names) :] + names[: i % len(names)]:
                 kind, workers = CONFIGS[name]
                 prefix = f"r{i}-{kind}{workers}:"  # every run starts from empty sessions
                 began = time.monotonic()
-                r = run_config(kind, workers, redis_url, redis_server.pid, prefix,
-                               args.clients, args.events)
-                print(f"  round {i + 1}, {name}: {r['events_per_s']:.0f} events/s,"
-                      f" {r['connected']}/{args.clients} connected, {r['errors']} errors,"
-                      f" {time.monotonic() - began:.0f} s", flush=True)
+                r = run_config(
+                    kind, workers, redis_url, redis_pid, prefix, args.clients, args.events
+                )
+                print(
+                    f"  round {i + 1}, {name}: {r['events_per_s']:.0f} events/s,"
+                    f" {r['connected']}/{args.clients} connected, {r['errors']} errors,"
+                    f" {time.monotonic() - began:.0f} s",
+                    flush=True,
+                )
                 results[name].append(r)
-        report(results, args.clients, args.events)
-    finally:
-        stop(redis_server)
+    write_figures(args, report(results, args.clients, args.events))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ class PiggybackStore(RedisStore):
         queued = self._drain()
         if not queued:
             return super()._round_trip(steps, wait)
-        return super()._round_trip(queued + list(steps), wait)[len(queued):]
+        return super()._round_trip(queued + list(steps), wait)[len(queued) :]
 
     def release(self, session_id: str, token: str, max_age: float | None) -> None:
         self._held.pop(token, None)
@@ -83,9 +83,15 @@ def main() -> None:
             proto = Client(bridge_app(PiggybackStore(url, prefix=f"p{size}:")), size)
             anchor = Client(anchor_app(url, f"a{size}:"), size)
             results = interleaved(
-                {"today": today.read, "piggyback": proto.read, "anchor": anchor.read,
-                 "today-w": today.inc, "piggyback-w": proto.inc},
-                args.rounds, args.count,
+                {
+                    "today": today.read,
+                    "piggyback": proto.read,
+                    "anchor": anchor.read,
+                    "today-w": today.inc,
+                    "piggyback-w": proto.inc,
+                },
+                args.rounds,
+                args.count,
             )
 
             def cpu(name: str, results: t.Any = results) -> float:
@@ -98,11 +104,15 @@ def main() -> None:
 
             print(f"\nread-only events, {size} B session (CPU us; ratios anchor / bridge)")
             for name in ("today", "piggyback"):
-                print(f"  {name:<10} {cpu(name):6.0f} us  CPU {vs_anchor(name, 1):.2f}x"
-                      f"  wall {vs_anchor(name, 0):.2f}x")
+                print(
+                    f"  {name:<10} {cpu(name):6.0f} us  CPU {vs_anchor(name, 1):.2f}x"
+                    f"  wall {vs_anchor(name, 0):.2f}x"
+                )
             print(f"  {'anchor':<10} {cpu('anchor'):6.0f} us")
-            print(f"  write events: today {cpu('today-w'):.0f} us,"
-                  f" piggyback {cpu('piggyback-w'):.0f} us")
+            print(
+                f"  write events: today {cpu('today-w'):.0f} us,"
+                f" piggyback {cpu('piggyback-w'):.0f} us"
+            )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ async def main(args: argparse.Namespace, url: str, pid: int) -> int:
         client = socketio.AsyncClient(reconnection=False)
         try:
             async with connect_slots:
-                await client.connect(url, headers={"Cookie": cookie},
-                                     transports=["websocket"], wait_timeout=60)
+                await client.connect(
+                    url, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=60
+                )
             return client
         except Exception as e:  # counted, never retried
             errors.append(f"connect: {e!r}")
@@ -81,14 +82,14 @@ async def main(args: argparse.Namespace, url: str, pid: int) -> int:
                 response.raise_for_status()
                 cookies.append("; ".join(f"{k}={v.value}" for k, v in response.cookies.items()))
         before = open_files(pid)
-        clients = await asyncio.gather(*(
-            connect(cookie) for cookie in cookies for _ in range(args.sockets)
-        ))
+        clients = await asyncio.gather(
+            *(connect(cookie) for cookie in cookies for _ in range(args.sockets))
+        )
         connected = open_files(pid)
         started = time.monotonic()
-        acks = await asyncio.gather(*(
-            send(client, args.events) for client in clients if client is not None
-        ))
+        acks = await asyncio.gather(
+            *(send(client, args.events) for client in clients if client is not None)
+        )
         took = time.monotonic() - started
         await asyncio.gather(*(c.disconnect() for c in clients if c is not None))
         lost = 0
@@ -111,22 +112,30 @@ async def main(args: argparse.Namespace, url: str, pid: int) -> int:
 
         cycles_started = time.monotonic()
         for first in range(0, args.cycles, 500):
-            await asyncio.gather(*(
-                cycle(cookies[i % len(cookies)])
-                for i in range(first, min(first + 500, args.cycles))
-            ))
+            await asyncio.gather(
+                *(
+                    cycle(cookies[i % len(cookies)])
+                    for i in range(first, min(first + 500, args.cycles))
+                )
+            )
         cycles_took = time.monotonic() - cycles_started
         await asyncio.sleep(1)
         after_cycles = open_files(pid)
 
     total = args.browsers * args.sockets * args.events
-    print(f"sockets connected: {sum(c is not None for c in clients)} of"
-          f" {args.browsers * args.sockets} (worker file limit {args.nofile})")
-    print(f"events acknowledged: {acknowledged} of {total} in {took:.1f}s;"
-          f" acknowledged increments lost: {lost}")
+    print(
+        f"sockets connected: {sum(c is not None for c in clients)} of"
+        f" {args.browsers * args.sockets} (worker file limit {args.nofile})"
+    )
+    print(
+        f"events acknowledged: {acknowledged} of {total} in {took:.1f}s;"
+        f" acknowledged increments lost: {lost}"
+    )
     print(f"socket cycles: {args.cycles} in {cycles_took:.1f}s")
-    print(f"worker fds: before {before}, all connected {connected},"
-          f" after the events {after_events}, after the cycles {after_cycles}")
+    print(
+        f"worker fds: before {before}, all connected {connected},"
+        f" after the events {after_events}, after the cycles {after_cycles}"
+    )
     for error in errors[:5]:
         print("  e.g.", error)
     print(f"errors: {len(errors)}")
@@ -153,8 +162,16 @@ def run() -> int:
     with tempfile.TemporaryDirectory() as folder:
         store = f"sqlite:///{folder}/sessions.db"
         server = subprocess.Popen(
-            [sys.executable, str(SERVER), "--mode", "eventlet", "--port", str(port),
-             "--store", store],
+            [
+                sys.executable,
+                str(SERVER),
+                "--mode",
+                "eventlet",
+                "--port",
+                str(port),
+                "--store",
+                store,
+            ],
             preexec_fn=limit_worker,
         )
         try:
