@@ -199,7 +199,7 @@ async def client_main(
     with contextlib.ExitStack() as spies:
         if profile:
             # Only while the events run: not the logins and connects.
-            from profile import spy
+            from spy import spy
 
             for i, pid in enumerate(pids):
                 output = profile if len(pids) == 1 else f"{profile}.{i}"
@@ -365,7 +365,7 @@ def main() -> None:
     parser.add_argument("--client", help=argparse.SUPPRESS)  # server URLs, comma-separated
     parser.add_argument("--pids", help=argparse.SUPPRESS)  # the workers' pids
     parser.add_argument("--redis-pid", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--profile", help=argparse.SUPPRESS)  # py-spy's output (profile.py)
+    parser.add_argument("--profile", help=argparse.SUPPRESS)  # py-spy's output (spy.py)
     args = parser.parse_args()
     raise_nofile_limit()
     if args.client:

@@ -15,7 +15,7 @@ table of issue 13's targets:
    against the anchor (throughput, CPU per event, GC share, kB per socket),
    and two workers against one;
 5. bench/cleanup.py: removing N expired sessions among 10·N;
-6. with ``--profile``, bench/profile.py: where the time goes (py-spy) in the
+6. with ``--profile``, bench/spy.py: where the time goes (py-spy) in the
    read event and in one worker under load, bridge and anchor.
 
 Each part starts its own redis-server, writes its key figures to a JSON
@@ -196,7 +196,7 @@ def summary(figures: dict[str, Figures | None], quick: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small settings: a smoke test")
-    parser.add_argument("--profile", action="store_true", help="also run bench/profile.py")
+    parser.add_argument("--profile", action="store_true", help="also run bench/spy.py")
     parser.add_argument("--parts", default=",".join(PARTS), help="which parts, in order")
     args = parser.parse_args()
     print("versions:", versions(), flush=True)
@@ -209,8 +209,8 @@ def main() -> None:
                 failed.append(name)
     if args.profile:
         options = PROFILE_QUICK if args.quick else []
-        print(f"\n=== bench/profile.py {' '.join(options)}", flush=True)
-        command = [sys.executable, str(HERE / "profile.py"), *options, "--no-versions"]
+        print(f"\n=== bench/spy.py {' '.join(options)}", flush=True)
+        command = [sys.executable, str(HERE / "spy.py"), *options, "--no-versions"]
         if subprocess.run(command).returncode != 0:
             failed.append("profile")
     print()

@@ -157,9 +157,9 @@ class AppState:
         if session.lock_token is None:
             session.lock_token = self.lock(session_id)[0]
         max_age = self.max_age if session.max_age is None else session.max_age
-        record = Record(
-            client_id, payload, user_id=users.owner_of(session), user_agent=users.user_agent()
-        )
+        # A stored record keeps the user agent it was created with.
+        agent = users.user_agent() if session.stored is None else ""
+        record = Record(client_id, payload, user_id=users.owner_of(session), user_agent=agent)
         is_new = self.save(session_id, record, max_age, session.lock_token, link)
         session.lock_token = None
         session.stored = payload

@@ -950,3 +950,30 @@ def test_a_read_touches_unless_the_expiry_was_just_pushed(own_redis):
         store.release(s, token, 1000.0)
         assert store.renew(s, token, 5.0) is False  # the release has run
         assert (client.pttl(key) > 999_950) is touched
+
+
+def test_a_write_soon_after_a_push_keeps_the_expiry(own_redis):
+    # A socket's writes many times a second push the expiry of the record,
+    # its mapping and its indexes back once a second, together: never a
+    # record whose index says it expired earlier than it does by more.
+    import redis
+
+    client = redis.Redis.from_url(own_redis.url)
+    store = RedisStore(own_redis.url)
+    s, c = new_id(), new_id()
+    put(store, s, c, "data", max_age=1000.0)
+    key, index = store._keys(s)[1], store._expiry_key(s)
+    for ttl_ms, pushed in ((900_000, True), (999_950, False)):
+        client.pexpire(key, ttl_ms)  # pushed back 100 s or 50 ms ago
+        score = client.zscore(index, next(iter(client.zrange(index, 0, -1))))
+        token, _ = store.lock(s, 5.0, 1.0)
+        store.save(s, Record(c, f"write {ttl_ms}"), 1000.0, token, False)
+        assert store.get(s) == Record(c, f"write {ttl_ms}")
+        assert (client.pttl(key) > 999_950) is pushed
+        new_score = client.zscore(index, next(iter(client.zrange(index, 0, -1))))
+        assert (new_score > score) is pushed
+    # A record that expired while locked gets its lifetime back, not none.
+    token, _ = store.lock(s, 5.0, 1.0)
+    client.persist(key)
+    store.save(s, Record(c, "late"), 1000.0, token, False)
+    assert client.pttl(key) > 0

@@ -81,9 +81,10 @@ return 1
 """
 
 # KEYS: lock, session, waited, wake list. ARGV: token, "<client id>\\n<data>",
-# max age ms, deadline in Redis ms or ''. Past the deadline the client has
-# given up waiting for the answer and reported the save as failed, so the
-# script writes nothing (and lets the lock go: nobody will use it).
+# max age ms, deadline in Redis ms or '', '1' to keep a live record's expiry.
+# Past the deadline the client has given up waiting for the answer and
+# reported the save as failed, so the script writes nothing (and lets the
+# lock go: nobody will use it).
 _SAVE = _WAKE + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if ARGV[4] ~= '' then
@@ -95,7 +96,11 @@ if ARGV[4] ~= '' then
     end
 end
 local existed = redis.call('EXISTS', KEYS[2])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if ARGV[5] == '1' and redis.call('PTTL', KEYS[2]) > 0 then
+    redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
+else
+    redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
 redis.call('DEL', KEYS[1])
 wake(KEYS[3], KEYS[4])
 return 1 - existed
@@ -423,6 +428,9 @@ class RedisStore:
         )
         #: Releases waiting to go with this process's next round trip.
         self._queued: list[_Release] = []
+        #: Sessions whose release a round trip is carrying now: a lock of
+        #: one of them from this process waits for that round trip.
+        self._in_flight: list[str] = []
         self._queue_ready = threading.Condition()
         self._sender_pid = 0
         #: token -> what this store knows of a lock it holds.
@@ -537,6 +545,9 @@ class RedisStore:
         except StoreUnavailable:
             self._unsure_of(queued)
             raise
+        finally:
+            if queued:
+                self._landed(queued)
         if any(isinstance(r, Exception) for r in replies[: len(sent) - len(steps)]):
             self._unsure_of(queued)
         replies = replies[len(sent) - len(steps):]
@@ -568,12 +579,35 @@ class RedisStore:
                 ).start()
             self._queue_ready.notify()
 
+    def _flush(self) -> None:
+        """Send the queued releases now: a read sees what this process did
+        (round trips of the store's own take them along).
+        """
+        if self._queued:
+            self._round_trip([])
+
     def _take_queued(self) -> list[_Release]:
         if not self._queued:
             return []
         with self._queue_ready:
             queued, self._queued = self._queued, []
+            self._in_flight.extend(release.session_id for release in queued)
         return queued
+
+    def _landed(self, queued: list[_Release]) -> None:
+        with self._queue_ready:
+            for release in queued:
+                self._in_flight.remove(release.session_id)
+            self._queue_ready.notify_all()
+
+    def _after_release(self, session_id: str) -> None:
+        """Wait while another round trip carries this session's release:
+        on another connection, a lock could overtake it and wait for it.
+        """
+        if session_id in self._in_flight:
+            with self._queue_ready:
+                while session_id in self._in_flight:
+                    self._queue_ready.wait()
 
     def _send_queued(self) -> None:
         """Send the releases no round trip took along within a millisecond."""
@@ -617,9 +651,11 @@ class RedisStore:
     # -- the store protocol ------------------------------------------------
 
     def get(self, session_id: str) -> Record | None:
+        self._flush()
         return _record(self._call(lambda: self.client.get(self._keys(session_id)[1])))
 
     def get_session_id(self, client_id: str) -> str | None:
+        self._flush()
         value = self._call(lambda: self.client.get(self._client_key(client_id)))
         return _text(value) if value is not None else None
 
@@ -630,6 +666,7 @@ class RedisStore:
         keys = self._keys(session_id)
         deadline = time.monotonic() + timeout
         delay = 0.001
+        self._after_release(session_id)
         while True:
             wait_ms = _ms(max(0.0, deadline - time.monotonic()) + 1)
             try:
@@ -669,7 +706,8 @@ class RedisStore:
                 delay = min(delay * 2, 0.02)
 
     def renew(self, session_id: str, token: str, expire: float) -> bool:
-        (renewed,) = self._round_trip([(self._renew, self._keys(session_id)[:1], [token, _ms(expire)])])
+        keys = self._keys(session_id)[:1]
+        (renewed,) = self._round_trip([(self._renew, keys, [token, _ms(expire)])])
         return bool(renewed)
 
     def save(self, session_id: str, record: Record, max_age: float, token: str, link: bool) -> bool:
@@ -690,17 +728,27 @@ class RedisStore:
         else:
             record = dataclasses.replace(record, created=now, last_active=now)
         age = _ms(max_age)
-        steps: list[_Step] = [
-            (self._save, self._keys(session_id), [token, _value(record), age, deadline])
-        ]
+        # A socket's write soon after the last push of the expiry keeps it,
+        # as a read-only touch would (see :func:`_touched`), and leaves the
+        # mapping and the indexes, which are as they were, alone.
+        keep = (
+            not link and held is not None and old is not None
+            and _member(session_id, record) == _member(session_id, old)
+            and _touched(held, max_age)
+        )
+        steps: list[_Step] = [(
+            self._save, self._keys(session_id),
+            [token, _value(record), age, deadline, "1" if keep else ""],
+        )]
         # The mapping and the indexes are in other slots: they go in the same
         # round trip, and are put back if Redis refused the save.
         mapping = [self._client_key(record.client_id)]
-        step = self._link_client if link else self._touch_client
-        steps.append((step, mapping, [session_id, age]))
-        steps.extend(self._index_steps(session_id, record, old, age))
+        if not keep:
+            step = self._link_client if link else self._touch_client
+            steps.append((step, mapping, [session_id, age]))
+            steps.extend(self._index_steps(session_id, record, old, age))
         try:
-            reply, before, *_ = self._round_trip(steps, self.wait_replicas > 0)
+            reply, *others = self._round_trip(steps, self.wait_replicas > 0)
         except StoreUnavailable as e:
             self._remember_unsure(session_id, token)
             # The fence keeps Redis from applying the save later, but it may
@@ -708,6 +756,7 @@ class RedisStore:
             e.outcome_unknown = True
             raise
         if reply < 0 and link:
+            before = others[0]  # what the mapping named before
             undo: list[str | int] = [session_id, "" if before is None else _text(before), age]
             self._call(lambda: self._undo_link(keys=mapping, args=undo))
         if reply < 0 and old is None:
@@ -772,6 +821,7 @@ class RedisStore:
         self._round_trip(steps)
 
     def sessions_of(self, user_id: str) -> list[tuple[str, Record]]:
+        self._flush()
         key = self._user_key(user_id)
         members = [_text(m) for m in self._call(lambda: self._members(keys=[key]))]
         if not members:
@@ -796,6 +846,7 @@ class RedisStore:
         return found
 
     def cleanup(self) -> list[tuple[str, str]]:
+        self._flush()
         removed: list[tuple[str, str]] = []
         shards = [f"{self.prefix}x:{{{n}}}" for n in range(self.expiry_shards)]
         while shards:

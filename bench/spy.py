@@ -1,7 +1,7 @@
 """Where the time goes, for the targets bench/run.py reports missed: py-spy
 samples of the bridge and of the anchor, summed by category.
 
-    python bench/profile.py [--sizes 0,10000] [--seconds 10] [--clients 1000]
+    python bench/spy.py [--sizes 0,10000] [--seconds 10] [--clients 1000]
         [--events 20] [--rate 200] [--no-load]
 
 Cases, each for the bridge (on Redis) and the anchor (Flask-SocketIO
