@@ -32,8 +32,9 @@ setup(
         # hiredis: redis-py parses replies in C when it is installed.
         "redis": ["redis>=5.0", "hiredis>=2"],
         # bench/: the anchor (Flask-Session), the load test's asyncio client,
-        # and py-spy for bench/spy.py.
-        "bench": ["redis>=5.0", "flask-session>=0.8", "eventlet>=0.36",
+        # and py-spy for bench/spy.py; hiredis as the [redis] extra ships it
+        # (both sides of each comparison run with the same redis-py).
+        "bench": ["redis>=5.0", "hiredis>=2", "flask-session>=0.8", "eventlet>=0.36",
                   "python-socketio[asyncio_client]>=5.11.2", "aiohttp", "py-spy"],
         # docs/: built by .ci/run with warnings as errors.
         "docs": ["sphinx>=7"],

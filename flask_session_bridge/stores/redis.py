@@ -214,6 +214,7 @@ class _Release(t.NamedTuple):
     session_id: str
     token: str
     steps: list[_Step]
+    queued: float = 0.0
 
 
 class _Held(t.NamedTuple):
@@ -577,7 +578,8 @@ class RedisStore:
                 threading.Thread(
                     target=self._send_queued, name="flask_session_bridge releases", daemon=True
                 ).start()
-            self._queue_ready.notify()
+            if len(self._queued) == 1:
+                self._queue_ready.notify()
 
     def _flush(self) -> None:
         """Send the queued releases now: a read sees what this process did
@@ -610,14 +612,19 @@ class RedisStore:
                     self._queue_ready.wait()
 
     def _send_queued(self) -> None:
-        """Send the releases no round trip took along within a millisecond."""
+        """Send the releases no round trip took along within a millisecond.
+        While round trips keep taking them, it only looks once a millisecond.
+        """
         while True:
             with self._queue_ready:
                 while not self._queued:
                     self._queue_ready.wait()
-            time.sleep(_LINGER)
+                due = self._queued[0].queued + _LINGER - time.monotonic()
+            if due > 0:
+                time.sleep(due)
+                continue
             try:
-                self._round_trip([])
+                self._flush()
             except StoreUnavailable as e:
                 logger.warning("could not release session locks (freed later): %s", e)
             except Exception:  # the sender must outlive any one failure
@@ -792,7 +799,7 @@ class RedisStore:
                     (self._touch_client, [self._client_key(record.client_id)], [session_id, touch]),
                     *self._index_steps(session_id, record, record, touch),
                 ]
-        self._queue(_Release(session_id, token, steps))
+        self._queue(_Release(session_id, token, steps, time.monotonic()))
 
     def delete(self, session_id: str, token: str) -> Record | None:
         self._held.pop(token, None)
