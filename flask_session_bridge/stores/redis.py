@@ -432,7 +432,9 @@ class RedisStore:
         #: Sessions whose release a round trip is carrying now: a lock of
         #: one of them from this process waits for that round trip.
         self._in_flight: list[str] = []
-        self._queue_ready = threading.Condition()
+        mutex = threading.Lock()
+        self._queue_ready = threading.Condition(mutex)  # wakes the sender
+        self._landed_any = threading.Condition(mutex)  # wakes locks after a release
         self._sender_pid = 0
         #: token -> what this store knows of a lock it holds.
         self._held: dict[str, _Held] = {}
@@ -600,16 +602,16 @@ class RedisStore:
         with self._queue_ready:
             for release in queued:
                 self._in_flight.remove(release.session_id)
-            self._queue_ready.notify_all()
+            self._landed_any.notify_all()
 
     def _after_release(self, session_id: str) -> None:
         """Wait while another round trip carries this session's release:
         on another connection, a lock could overtake it and wait for it.
         """
         if session_id in self._in_flight:
-            with self._queue_ready:
+            with self._landed_any:
                 while session_id in self._in_flight:
-                    self._queue_ready.wait()
+                    self._landed_any.wait()
 
     def _send_queued(self) -> None:
         """Send the releases no round trip took along within a millisecond.
