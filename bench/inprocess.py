@@ -87,12 +87,13 @@ PARTS = {
 }
 
 #: (meaning, numerator, denominator, goal): each ratio is time / time, so
-#: "anchor / redis" reads as the bridge's throughput over the anchor's.
+#: "anchor / redis" reads as the bridge's throughput over the anchor's. The
+#: socket goals are issue 13's (the write event on a 0 B session).
 RATIOS = (
-    ("socket event on memory / bare event", "memory", "bare", "<= 1.15"),
+    ("socket event on memory / bare event", "memory", "bare", "<= 1.25"),
     ("socket event on Redis / bare event", "redis", "bare", ""),
     ("anchor socket event / bare event", "anchor", "bare", ""),
-    ("bridge-on-Redis socket throughput / anchor's", "anchor", "redis", ">= 1.5"),
+    ("bridge-on-Redis socket throughput / anchor's", "anchor", "redis", ">= 1.0"),
     ("HTTP on memory / Flask's cookie session", "http-memory", "http-cookie", "<= 1.1"),
     ("bridge-on-Redis HTTP throughput / anchor's", "http-anchor", "http-redis", ""),
     ("untouched request / no-session request", "http-untouched", "http-none", "<= 1.02"),

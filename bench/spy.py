@@ -115,6 +115,10 @@ WAITING = frozenset(
         "read",
     )
 )
+#: Innermost Python frames of a thread blocked on a lock: py-spy's idle
+#: check misses them in --nonblocking mode (the bridge's release sender waits
+#: there between releases).
+WAITING_PYTHON = re.compile(r"^(Condition\.wait|Event\.wait|Thread\.join) \(threading\.py:")
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*)\)$")
 #: A Python frame's file; a native frame names a library or a C file.
 PYTHON_FILE = re.compile(r"\.py:\d+$|^<")
@@ -189,6 +193,9 @@ class Summary:
             samples = int(count)
             frames = stack.split(";")  # outermost first, as py-spy writes them
             innermost = FRAME.match(frames[-1])
+            if WAITING_PYTHON.match(frames[-1]):
+                self.idle += samples
+                continue
             if innermost is not None and not PYTHON_FILE.search(innermost["file"]):
                 if innermost["function"] in WAITING:
                     self.idle += samples
