@@ -202,7 +202,9 @@ _MAX_HELD = 10000
 #: Longest single BLPOP, in seconds, when the client has no socket timeout.
 _LONGEST_BLOCK = 5.0
 #: Seconds a release may wait for a round trip of this process to go with.
-_LINGER = 0.001
+_LINGER = 0.002
+#: Seconds without releases after which the sender waits to be woken.
+_PARK_AFTER = 1.0
 #: A read-only touch is left out if the record's expiry was pushed back less
 #: than this long ago (and less than a hundredth of its lifetime).
 _TOUCH_EVERY = 1.0
@@ -614,16 +616,25 @@ class RedisStore:
                     self._landed_any.wait()
 
     def _send_queued(self) -> None:
-        """Send the releases no round trip took along within a millisecond.
-        While round trips keep taking them, it only looks once a millisecond.
+        """Send the releases no round trip took along within ``_LINGER``.
+        While round trips keep taking them, it looks every ``_LINGER``
+        without being woken at each release; after a second with none, it
+        waits to be woken by the next.
         """
+        last_seen = time.monotonic()
         while True:
             with self._queue_ready:
-                while not self._queued:
-                    self._queue_ready.wait()
-                due = self._queued[0].queued + _LINGER - time.monotonic()
-            if due > 0:
-                time.sleep(due)
+                if not self._queued and time.monotonic() - last_seen > _PARK_AFTER:
+                    while not self._queued:
+                        self._queue_ready.wait()
+                oldest = self._queued[0].queued if self._queued else None
+            now = time.monotonic()
+            if oldest is None:
+                time.sleep(_LINGER)
+                continue
+            last_seen = now
+            if oldest + _LINGER > now:
+                time.sleep(oldest + _LINGER - now)
                 continue
             try:
                 self._flush()
@@ -779,8 +790,8 @@ class RedisStore:
         return bool(reply)
 
     def release(self, session_id: str, token: str, max_age: float | None) -> None:
-        """Queue the release for this process's next round trip (or, within a
-        millisecond, one of its own): an event that wrote nothing waits for
+        """Queue the release for this process's next round trip (or, within
+        2 ms, one of its own): an event that wrote nothing waits for
         one round trip, its lock's, as a plain ``GET`` would. This process's
         next lock of the session comes after it in the same round trip. A
         process that dies with releases queued leaves locks their lease frees.
