@@ -227,6 +227,12 @@ class BridgeSession(SessionMixin):
         self._spans, self._plain, self._shared = entry.spans, True, entry
         return dict(entry.data)
 
+    def share(self, entry: Loaded) -> None:
+        """The containers of the data are ``entry``'s from now on: each is
+        decoded afresh before it is handed out.
+        """
+        self._shared = entry
+
     def detach(self) -> None:
         """Forget the stored session: it ended, the data are gone. Over HTTP
         later writes start a new session; a socket cannot start one.

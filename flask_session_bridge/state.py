@@ -165,6 +165,9 @@ class AppState:
         session.stored = payload
         if session.cacheable is not None:
             self.decoded.put(session_id, session.cacheable)
+            # Its containers are the cache's now: code running after the
+            # save (teardown, signal receivers) gets fresh ones.
+            session.share(session.cacheable)
         signals.session_saved.send(
             self.app, session_id=session_id, client_id=client_id, is_new=is_new
         )

@@ -321,3 +321,46 @@ def test_load_cache_keeps_the_most_recent_within_its_limit():
     small = serialization.dumps({"n": 1})
     cache.put("small", serialization.Loaded(small, {"n": 1}, {}))
     assert cache.get("small", small) is None
+
+
+def test_a_change_after_the_save_does_not_come_back_through_the_cache():
+    # A save that makes a session large enough to keep decoded hands the
+    # cache the session's own containers; code running after the save
+    # (teardown, a signal receiver) changes a copy, which is never saved.
+    from datetime import datetime
+
+    from flask import request
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test"
+    SessionBridge(app, None, store=MemoryStore())
+
+    @app.post("/make")
+    def make() -> str:
+        session.update(cart=[1, 2], pad="x" * 1000)  # under 2 KB: not kept
+        return "ok"
+
+    @app.post("/grow")
+    def grow() -> str:
+        session["pad"] = "y" * 3000  # a scalar write: spliced, now kept
+        return "ok"
+
+    @app.teardown_request
+    def after_save(exc: BaseException | None) -> None:
+        if request.path == "/grow":
+            session["cart"].append(99)  # after save_session: dropped
+
+    @app.post("/stamp")
+    def stamp() -> str:
+        session["when"] = datetime(2020, 1, 1, tzinfo=timezone.utc)  # a full dump
+        return "ok"
+
+    @app.get("/cart")
+    def cart() -> dict[str, object]:
+        return {"cart": session["cart"]}
+
+    client = app.test_client()
+    client.post("/make")
+    client.post("/grow")
+    client.post("/stamp")
+    assert client.get("/cart").json["cart"] == [1, 2]

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from conftest import create_app
+from redis_servers import cli
 from redis_servers import Cluster
 
 from flask_session_bridge import RedisStore
@@ -132,3 +133,30 @@ def test_cluster_down_is_503_and_service_resumes(tmp_path):
         assert response.status_code == 200
     finally:
         cluster.stop()
+
+
+def test_a_save_is_not_run_twice_when_one_shard_lost_its_scripts(redis_cluster, monkeypatch):
+    # Another session's release, queued, goes in front of this save to
+    # another shard, which alone forgot the scripts (a restart, a failover
+    # to a replica without them). Only what that shard refused goes again:
+    # sent twice, the save would find its lock gone and report "not saved"
+    # although it was written (rule 9).
+    from flask_session_bridge.stores import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "_LINGER", 5.0)  # the release waits for the save
+    store = cluster_store(redis_cluster)
+    client = store.client
+    port_of = lambda sid: client.get_node_from_key(store._keys(sid)[0]).port  # noqa: E731
+    a = uuid.uuid4().hex
+    b = next(s for s in (uuid.uuid4().hex for _ in range(100)) if port_of(s) != port_of(a))
+    for sid in (a, b):
+        token, _ = store.lock(sid, 5.0, 5.0)
+        store.save(sid, Record("client", '{"n":1}'), 3600, token, link=True)
+    token_a, _ = store.lock(a, 5.0, 5.0)
+    token_b, _ = store.lock(b, 5.0, 5.0)
+    cli(port_of(b), "SCRIPT", "FLUSH")
+    store.release(b, token_b, None)
+    assert store.save(a, Record("client", '{"n":2}'), 3600, token_a, link=False) is False
+    assert store.get(a) == Record("client", '{"n":2}')
+    token_b, _ = store.lock(b, 5.0, 0)  # b's release ran once its scripts were back
+    store.release(b, token_b, None)

@@ -977,3 +977,50 @@ def test_a_write_soon_after_a_push_keeps_the_expiry(own_redis):
     client.persist(key)
     store.save(s, Record(c, "late"), 1000.0, token, False)
     assert client.pttl(key) > 0
+
+
+def test_a_process_that_exits_sends_its_queued_releases(own_redis):
+    # A worker restarted after its last request (max_requests, a deploy) or a
+    # script ending after session_scope: its last release goes at exit, so
+    # the others do not wait for the lease (5 s).
+    script = (
+        "import sys\n"
+        "from flask_session_bridge.stores import redis as redis_store\n"
+        "redis_store._LINGER = 60.0  # only the exit sends it\n"
+        "store = redis_store.RedisStore(sys.argv[1])\n"
+        "token, _ = store.lock('s', 5.0, 1.0)\n"
+        "store.release('s', token, None)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, own_redis.url], check=True, timeout=30)
+    store = RedisStore(own_redis.url)
+    token, _ = store.lock("s", 5.0, 0)
+    store.release("s", token, None)
+
+
+def test_a_child_forked_while_a_release_is_in_flight_does_not_hang(own_redis):
+    # The child inherits the parent's list of releases in flight but not the
+    # thread carrying them: its lock must still end within its timeout.
+    script = (
+        "import os, signal, sys, threading, time\n"
+        "import redis\n"
+        "from flask_session_bridge.stores import redis as redis_store\n"
+        "redis_store._LINGER = 60.0\n"
+        "store = redis_store.RedisStore(sys.argv[1])\n"
+        "token, _ = store.lock('x', 5.0, 1.0)\n"
+        "store.release('x', token, None)\n"
+        "redis.Redis.from_url(sys.argv[1]).client_pause(1500)\n"
+        "threading.Thread(target=store._flush).start()\n"
+        "while 'x' not in store._in_flight: time.sleep(0.01)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    signal.alarm(10)\n"
+        "    token, _ = store.lock('x', 5.0, 5.0)\n"
+        "    os._exit(0)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print('killed' if os.WIFSIGNALED(status) else 'ended')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, own_redis.url],
+        check=True, timeout=30, capture_output=True, text=True,
+    )
+    assert done.stdout.strip() == "ended"

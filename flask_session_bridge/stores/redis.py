@@ -20,6 +20,8 @@ scan of all keys or keyspace notifications. Scores are Redis's clock.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import functools
 import os
@@ -27,6 +29,7 @@ import secrets
 import threading
 import time
 import typing as t
+import weakref
 import zlib
 
 from ..exceptions import SessionLockTimeout
@@ -235,6 +238,19 @@ class _Held(t.NamedTuple):
         return (self.redis_ms + (time.monotonic() - self.taken) * 1000) / 1000
 
 
+def _flush_at_exit(ref: weakref.ref[RedisStore]) -> None:
+    store = ref()
+    if store is not None:
+        with contextlib.suppress(StoreUnavailable):  # then the leases free them
+            store._flush()
+
+
+def _reset_in_child(ref: weakref.ref[RedisStore]) -> None:
+    store = ref()
+    if store is not None:
+        store._reset_queue()
+
+
 def _touched(held: _Held, max_age: float) -> bool:
     """Whether the record's expiry was pushed back to ``max_age`` so lately
     (within a second, and a hundredth of ``max_age``) that a read-only touch
@@ -429,15 +445,11 @@ class RedisStore:
             self._pass_on, self._touch_client, self._link_client, self._undo_link,
             self._unlink_client, self._index, self._unindex, self._members, self._due,
         )
-        #: Releases waiting to go with this process's next round trip.
-        self._queued: list[_Release] = []
-        #: Sessions whose release a round trip is carrying now: a lock of
-        #: one of them from this process waits for that round trip.
-        self._in_flight: list[str] = []
-        mutex = threading.Lock()
-        self._queue_ready = threading.Condition(mutex)  # wakes the sender
-        self._landed_any = threading.Condition(mutex)  # wakes locks after a release
         self._sender_pid = 0
+        self._reset_queue()
+        # A child forked while a round trip carried releases must not wait
+        # for it, nor inherit a mutex some thread of the parent held.
+        os.register_at_fork(after_in_child=functools.partial(_reset_in_child, weakref.ref(self)))
         #: token -> what this store knows of a lock it holds.
         self._held: dict[str, _Held] = {}
         #: token -> session id, of calls that failed and may have left a
@@ -529,21 +541,32 @@ class RedisStore:
                     ]
                 except self._no_script:
                     self._load_scripts()
+            replies: list[t.Any] = [None] * len(sent)
+            todo = list(range(len(sent)))
+            confirmed = self.wait_replicas
             for _attempt in range(2):
                 pipe = self.client.pipeline(transaction=False)
-                for script, keys, args in sent:
+                for i in todo:
+                    script, keys, args = sent[i]
                     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 if wait:
                     pipe.wait(self.wait_replicas, _ms(self.wait_timeout))
-                replies = pipe.execute(raise_on_error=False)
-                if not any(isinstance(r, self._no_script) for r in replies):
+                answers = pipe.execute(raise_on_error=False)
+                for i, answer in zip(todo, answers):
+                    replies[i] = answer
+                if wait:
+                    confirmed = min(confirmed, answers[-1])
+                # A server that restarted or flushed its scripts ran none of
+                # them; the others ran (on a cluster, other shards did): only
+                # the refused ones go again, or a save would run twice.
+                todo = [i for i in todo if isinstance(replies[i], self._no_script)]
+                if not todo:
                     break
-                # Redis restarted or flushed its scripts: none of ours ran.
                 self._load_scripts()
             for reply in replies[len(sent) - len(steps):]:
                 if isinstance(reply, Exception):
                     raise reply
-            return list(replies)
+            return [*replies, confirmed] if wait else replies
 
         try:
             replies = self._call(work)
@@ -577,13 +600,25 @@ class RedisStore:
             self._queued.append(release)
             if self._sender_pid != os.getpid():
                 # A daemon thread (a green thread once eventlet or gevent
-                # patched threading), started in each process.
+                # patched threading), started in each process; what it has
+                # not sent when the process exits goes then.
                 self._sender_pid = os.getpid()
                 threading.Thread(
                     target=self._send_queued, name="flask_session_bridge releases", daemon=True
                 ).start()
+                atexit.register(_flush_at_exit, weakref.ref(self))
             if len(self._queued) == 1:
                 self._queue_ready.notify()
+
+    def _reset_queue(self) -> None:
+        #: Releases waiting to go with this process's next round trip.
+        self._queued: list[_Release] = []
+        #: Sessions whose release a round trip is carrying now: a lock of
+        #: one of them from this process waits for that round trip.
+        self._in_flight: list[str] = []
+        mutex = threading.Lock()
+        self._queue_ready = threading.Condition(mutex)  # wakes the sender
+        self._landed_any = threading.Condition(mutex)  # wakes locks after a release
 
     def _flush(self) -> None:
         """Send the queued releases now: a read sees what this process did
@@ -606,14 +641,17 @@ class RedisStore:
                 self._in_flight.remove(release.session_id)
             self._landed_any.notify_all()
 
-    def _after_release(self, session_id: str) -> None:
+    def _after_release(self, session_id: str, deadline: float) -> None:
         """Wait while another round trip carries this session's release:
         on another connection, a lock could overtake it and wait for it.
+        Past ``deadline`` the lock tries anyway (and waits as any waiter).
         """
         if session_id in self._in_flight:
             with self._landed_any:
                 while session_id in self._in_flight:
-                    self._landed_any.wait()
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._landed_any.wait(left):
+                        return
 
     def _send_queued(self) -> None:
         """Send the releases no round trip took along within ``_LINGER``.
@@ -686,7 +724,7 @@ class RedisStore:
         keys = self._keys(session_id)
         deadline = time.monotonic() + timeout
         delay = 0.001
-        self._after_release(session_id)
+        self._after_release(session_id, deadline)
         while True:
             wait_ms = _ms(max(0.0, deadline - time.monotonic()) + 1)
             try:
