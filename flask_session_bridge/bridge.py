@@ -166,20 +166,8 @@ class SessionBridge:
             except ValueError as e:
                 raise RuntimeError(f"SESSION_BRIDGE_STORE: {e}") from None
         socketio = socketio or app.extensions.get("socketio")
-        state = AppState(
-            app,
-            chosen,
-            socketio,
-            socket_missing=options.socket_missing,
-            lock_timeout=options.lock_timeout,
-            lock_expire=options.lock_expire,
-            client_lifetime=int(options.client_lifetime),
-            socket_token_lifetime=int(options.socket_token_lifetime),
-            regenerate_on_login=options.regenerate_on_login,
-        )
+        state = AppState(app, chosen, socketio, options)
         state.validators = self._validators
-        state.cleanup_interval = options.cleanup_interval
-        state.max_sessions_per_user = options.max_sessions_per_user
         self._states[app] = state
         app.extensions["session_bridge"] = self
         app.session_interface = BridgeSessionInterface(self._states.get)
@@ -407,7 +395,7 @@ class SessionBridge:
         owner = users.owner_id(user_id)
         session[users.OWNER_KEY] = owner
         state = self._state()
-        limit = state.max_sessions_per_user
+        limit = state.options.max_sessions_per_user
         if limit is None:
             return
         mine = {session.sid, session.replaces[0] if session.replaces else None}
@@ -487,7 +475,7 @@ class SessionBridge:
             raise RuntimeError("start_auto_cleanup() needs the bridge to know the SocketIO object.")
         if state.cleanup_stop is not None:
             return
-        every = state.cleanup_interval if interval is None else interval
+        every = state.options.cleanup_interval if interval is None else interval
         stop = state.cleanup_stop = [False]
         socketio, app = state.socketio, state.app
 

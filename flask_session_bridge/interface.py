@@ -113,7 +113,7 @@ class BridgeSessionInterface(SessionInterface):
             signer = tokens.client_signer(app)
             try:
                 token, issued = signer.unsign(
-                    value, max_age=state.client_lifetime, return_timestamp=True
+                    value, max_age=int(state.options.client_lifetime), return_timestamp=True
                 )
             except BadSignature:
                 logger.warning("refused a client cookie with a bad or expired signature")
@@ -198,7 +198,7 @@ class BridgeSessionInterface(SessionInterface):
             response.set_cookie(
                 self.client_cookie_name(app),
                 value,
-                max_age=int(state.client_lifetime),
+                max_age=int(state.options.client_lifetime),
                 **flags,
             )
 

@@ -47,7 +47,7 @@ def _renew_at_login(app: Flask, user: t.Any = None, **extra: t.Any) -> None:
     if session is None:
         return
     bridge = app.extensions["session_bridge"]
-    if bridge._states[app].regenerate_on_login:
+    if bridge._states[app].options.regenerate_on_login:
         _renew(bridge, session)
     # After the renewal: the new id is the user's, the old one is gone.
     if user is not None:

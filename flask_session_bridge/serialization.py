@@ -183,6 +183,10 @@ class LoadCache:
         self._size = 0
         self._lock = threading.Lock()
 
+    def keeps(self, raw: str) -> bool:
+        """Whether a record of this text is large enough to keep."""
+        return self.smallest <= len(raw) <= self.limit
+
     def get(self, session_id: str, raw: str) -> Loaded | None:
         """The entry of a session if its text is ``raw``."""
         with self._lock:
@@ -195,7 +199,7 @@ class LoadCache:
 
     def put(self, session_id: str, entry: Loaded) -> None:
         """Keep an entry, if its record is large enough."""
-        if len(entry.text) < self.smallest or len(entry.text) > self.limit:
+        if not self.keeps(entry.text):
             return
         with self._lock:
             old = self._entries.pop(session_id, None)

@@ -212,17 +212,17 @@ class BridgeSession(SessionMixin):
         self, session_id: str | None, raw: str, cache: LoadCache | None
     ) -> dict[str, t.Any]:
         """Decode a stored record; a large plain one through ``cache``."""
-        if cache is None or session_id is None or len(raw) < cache.smallest:
+        if session_id is None or cache is None or not cache.keeps(raw):
             data, self._spans = _load_record(raw)
             self._plain = serialization.is_plain_text(raw)
             return data
         entry = cache.get(session_id, raw)
         if entry is None:
-            data, self._spans = _load_record(raw)
-            self._plain = serialization.is_plain_text(raw)
-            if self._spans is None:
+            data, spans = _load_record(raw)
+            if spans is None:
+                self._spans, self._plain = None, serialization.is_plain_text(raw)
                 return data
-            entry = serialization.Loaded(raw, data, self._spans)
+            entry = serialization.Loaded(raw, data, spans)
             cache.put(session_id, entry)
         self._spans, self._plain, self._shared = entry.spans, True, entry
         return dict(entry.data)

@@ -243,7 +243,8 @@ def _present(state: AppState, environ: dict[str, t.Any], args: tuple[t.Any, ...]
     # Flask-SocketIO passes (sid, environ, auth) to a connect handler.
     auth = args[1] if len(args) > 1 else None
     if isinstance(auth, dict) and "session_token" in auth:
-        ids = tokens.load_socket_token(app, auth["session_token"], state.socket_token_lifetime)
+        lifetime = int(state.options.socket_token_lifetime)
+        ids = tokens.load_socket_token(app, auth["session_token"], lifetime)
         if ids is None:
             raise SocketRefused("invalid session token")
         sock.client_id, sock.session_id, sock.nonce = ids
@@ -257,7 +258,7 @@ def _present(state: AppState, environ: dict[str, t.Any], args: tuple[t.Any, ...]
     name = app.session_interface.get_cookie_name(app)
     client, _ = tokens.unsign(
         tokens.client_signer(app), cookies.get(f"{name}.cid"), "client",
-        state.client_lifetime,
+        int(state.options.client_lifetime),
     )
     token, _ = tokens.unsign(tokens.session_signer(app), cookies.get(name), "session")
     if client is not None:
@@ -286,7 +287,7 @@ def _bind(state: AppState, sock: SocketState, session: BridgeSession) -> None:
     it; refuse the socket if it has none and one is required.
     """
     # The first touch: _open locks, loads and checks the binding.
-    if session.new and state.socket_missing == "reject":
+    if session.new and state.options.socket_missing == "reject":
         raise SessionMissing("session required")
 
 
@@ -313,7 +314,7 @@ def _open(
     session.attach(None, None, None)
     session.writable = False
     session.client_id = sock.client_id
-    if not sock.connecting and state.socket_missing == "reject":
+    if not sock.connecting and state.options.socket_missing == "reject":
         # The session ended while the socket was connected.
         state.socketio.server.disconnect(sid, namespace=namespace)  # type: ignore[union-attr]
         raise SessionMissing("the session of this socket has ended")

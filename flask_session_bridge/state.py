@@ -19,6 +19,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from flask_socketio import SocketIO
 
+    from .config import Options
     from .session import BridgeSession
     from .stores.base import Store
 
@@ -31,36 +32,18 @@ class AppState:
     """
 
     def __init__(
-        self,
-        app: Flask,
-        store: Store,
-        socketio: SocketIO | None,
-        *,
-        socket_missing: str,
-        lock_timeout: float,
-        lock_expire: float,
-        client_lifetime: int,
-        socket_token_lifetime: int,
-        regenerate_on_login: bool,
+        self, app: Flask, store: Store, socketio: SocketIO | None, options: Options
     ) -> None:
         self.app = app
         self.store = store
         self.socketio = socketio
-        self.socket_missing = socket_missing
-        self.lock_timeout = lock_timeout
-        self.lock_expire = lock_expire
-        self.client_lifetime = client_lifetime
-        self.socket_token_lifetime = socket_token_lifetime
-        self.regenerate_on_login = regenerate_on_login
+        #: The resolved options (constructor, ``init_app``, config).
+        self.options = options
         #: The locks this process holds, renewed while work runs.
-        self.leases = Leases(store, lock_expire)
+        self.leases = Leases(store, options.lock_expire)
         #: Decoded large records, so an unchanged one is not decoded again.
         self.decoded = LoadCache()
         self.validators: list[Validator] = []
-        self.cleanup_interval = 300.0
-        #: Most sessions a user may have; a login beyond ends the least
-        #: recently active (reason ``"superseded"``). ``None``: no limit.
-        self.max_sessions_per_user: int | None = None
         #: ``[stopped]`` flag of the auto-cleanup task; ``None`` when none runs.
         self.cleanup_stop: list[bool] | None = None
 
@@ -73,7 +56,8 @@ class AppState:
 
     def lock(self, session_id: str) -> tuple[str, Record | None]:
         """Lock a session and read it; the lease is renewed until released."""
-        token, record = self.store.lock(session_id, self.lock_expire, self.lock_timeout)
+        options = self.options
+        token, record = self.store.lock(session_id, options.lock_expire, options.lock_timeout)
         self.leases.hold(session_id, token)
         return token, record
 
@@ -238,7 +222,7 @@ class AppState:
         room = room_name(session_id)
         for namespace in internals.namespaces(server):
             server.emit("session_ended", {"reason": reason}, to=room, namespace=namespace)
-            if self.socket_missing == "reject":
+            if self.options.socket_missing == "reject":
                 for sid in internals.participants(server.manager, room, namespace):
                     server.disconnect(sid, namespace=namespace)
             server.close_room(room, namespace=namespace)

@@ -218,7 +218,7 @@ def row_count(store) -> int:
         tables = ("bridge_sessions", "bridge_clients", "bridge_locks")
         with closing(sqlite3.connect(store.path)) as db:
             return sum(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
-    store._round_trip([])  # the releases queued for the next round trip go first
+    store._flush()  # the releases queued for the next round trip go first
     return sum(1 for _ in store.client.scan_iter(match=f"{store.prefix}*"))
 
 

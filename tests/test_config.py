@@ -64,9 +64,9 @@ def test_a_keyword_wins_over_config_and_timedeltas_are_seconds():
     bridge = SessionBridge(
         app, socketio, lock_timeout=7, client_lifetime=timedelta(days=2)
     )
-    state = bridge._states[app]
-    assert state.lock_timeout == 7.0
-    assert state.client_lifetime == 2 * 86400
+    options = bridge._states[app].options
+    assert options.lock_timeout == 7.0
+    assert options.client_lifetime == 2 * 86400
 
 
 def test_start_up_says_which_store_holds_the_sessions(caplog, tmp_path):

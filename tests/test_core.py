@@ -4,6 +4,7 @@ and Flask-SocketIO's test client), on every store.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -302,7 +303,7 @@ def test_session_scope_increments_from_threads_lose_nothing(app, client, bridge)
 def test_lock_timeout_is_a_clear_503(app, client, bridge):
     sid = client.post("/login/alice").json["sid"]
     state = bridge._states[app]
-    state.lock_timeout = 0.2
+    state.options = dataclasses.replace(state.options, lock_timeout=0.2)
     with app.app_context(), bridge.session_scope(sid):
         response = client.get("/me")
     assert response.status_code == 503
@@ -543,15 +544,15 @@ def test_keyword_option_wins_over_config():
     app = Flask(__name__)
     app.config.update(SECRET_KEY="k", SESSION_BRIDGE_LOCK_TIMEOUT=3)
     bridge = SessionBridge(app, lock_timeout=7)
-    assert bridge._states[app].lock_timeout == 7
+    assert bridge._states[app].options.lock_timeout == 7
     app2 = Flask(__name__)
     app2.config.update(SECRET_KEY="k", SESSION_BRIDGE_LOCK_TIMEOUT=3)
     bridge.init_app(app2)
-    assert bridge._states[app2].lock_timeout == 7
+    assert bridge._states[app2].options.lock_timeout == 7
     app3 = Flask(__name__)
     app3.config.update(SECRET_KEY="k", SESSION_BRIDGE_LOCK_TIMEOUT=3)
     SessionBridge().init_app(app3)
-    assert app3.extensions["session_bridge"]._states[app3].lock_timeout == 3
+    assert app3.extensions["session_bridge"]._states[app3].options.lock_timeout == 3
 
 
 def test_ids_available_in_views_and_handlers_without_reading_data(app, socketio, client, bridge):

@@ -4,6 +4,7 @@ user sees and that nothing is lost.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -347,7 +348,7 @@ def test_lock_released_when_handler_raises_and_other_sessions_never_blocked(app,
 
     socketio.on_error_default(lambda e: {"error": str(e)})
     state = bridge._states[app]
-    state.lock_timeout = 0.5
+    state.options = dataclasses.replace(state.options, lock_timeout=0.5)
     alice, bob = app.test_client(), app.test_client()
     alice.post("/login/alice")
     bob.post("/login/bob")
@@ -573,7 +574,8 @@ def test_clear_then_flash_ends_the_old_session_everywhere(app, socketio, client,
 
 
 def test_bridge_methods_on_the_held_session_do_not_wait_for_its_lock(app, socketio, client, bridge):
-    bridge._states[app].lock_timeout = 0.5
+    state = bridge._states[app]
+    state.options = dataclasses.replace(state.options, lock_timeout=0.5)
 
     @app.post("/destroy-mine")
     def destroy_mine():

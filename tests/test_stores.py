@@ -914,10 +914,8 @@ def test_a_release_reaches_redis_without_another_call(own_redis):
     put(holder, s, c, "data")
     token, _ = holder.lock(s, 5.0, 1.0)
     holder.release(s, token, 60.0)
-    start = time.monotonic()
-    token, record = other.lock(s, 5.0, 1.0)
+    token, record = other.lock(s, 5.0, 1.0)  # SessionLockTimeout if left to the lease
     assert record == Record(c, "data")
-    assert time.monotonic() - start < 0.5
     other.release(s, token, None)
 
 
@@ -1024,3 +1022,25 @@ def test_a_child_forked_while_a_release_is_in_flight_does_not_hang(own_redis):
         check=True, timeout=30, capture_output=True, text=True,
     )
     assert done.stdout.strip() == "ended"
+
+
+def test_a_redis_that_lost_its_scripts_is_used_as_before(own_redis):
+    # A restart with persistence or SCRIPT FLUSH empties Redis's script
+    # cache: every kind of round trip loads the scripts again and goes on.
+    import redis
+
+    client = redis.Redis.from_url(own_redis.url)
+    store = RedisStore(own_redis.url)
+    s, c = new_id(), new_id()
+    put(store, s, c, "one")
+    client.script_flush()
+    token, record = store.lock(s, 5.0, 1.0)  # one script: redis-py's command path
+    assert record == Record(c, "one")
+    client.script_flush()
+    assert store.save(s, Record(c, "two"), 60.0, token, True) is False  # a pipeline
+    client.script_flush()
+    token, _ = store.lock(s, 5.0, 1.0)
+    store.release(s, token, 60.0)
+    client.script_flush()
+    assert store.renew(s, token, 5.0) is False  # carried the release first
+    assert store.get(s) == Record(c, "two")

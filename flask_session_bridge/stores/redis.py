@@ -219,7 +219,7 @@ class _Release(t.NamedTuple):
     session_id: str
     token: str
     steps: list[_Step]
-    queued: float = 0.0
+    queued: float
 
 
 class _Held(t.NamedTuple):
@@ -836,7 +836,8 @@ class RedisStore:
         """
         held = self._held.pop(token, None)
         record = held.record if held is not None else None
-        steps: list[_Step] = [(self._release, self._keys(session_id), [token, "", ""])]
+        keys = self._keys(session_id)
+        steps: list[_Step] = [(self._release, keys, [token, "", ""])]
         if max_age is not None and held is not None and record is not None:
             now = held.now()
             # Read-only work rewrites the record at most once a minute, and
@@ -846,7 +847,7 @@ class RedisStore:
                 touch = _ms(max_age)
                 value = _value(dataclasses.replace(record, last_active=now)) if moved else ""
                 steps = [
-                    (self._release, self._keys(session_id), [token, touch, value]),
+                    (self._release, keys, [token, touch, value]),
                     (self._touch_client, [self._client_key(record.client_id)], [session_id, touch]),
                     *self._index_steps(session_id, record, record, touch),
                 ]
